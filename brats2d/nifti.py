@@ -1,0 +1,156 @@
+"""Finding BraTS patients on disk and reading their NIfTI volumes with clear errors.
+
+Two naming schemes are recognised:
+
+* BraTS 2018-2021: ``<case>/<case>_flair.nii.gz``, ``_t1``, ``_t1ce``, ``_t2``, ``_seg``
+* BraTS 2023:      ``<case>/<case>-t2f.nii.gz``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SUFFIXES: dict[str, dict[str, str]] = {
+    "2021": {"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "seg": "_seg"},
+    "2023": {"flair": "-t2f", "t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "seg": "-seg"},
+}
+# Label of the enhancing tumour: 4 up to BraTS 2021, 3 from BraTS 2023 on.
+ET_LABEL = {"2021": 4, "2023": 3}
+EXTS = (".nii.gz", ".nii")
+
+
+class InputError(Exception):
+    """A patient's input is unusable; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One patient folder: its case name, naming scheme and the files found (modality -> path)."""
+
+    case: str
+    folder: Path
+    naming: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def et_label(self) -> int:
+        return ET_LABEL[self.naming]
+
+    def identity(self) -> list[list]:
+        """[name, size, mtime_ns] of every file: enough to tell when inputs changed."""
+        out = []
+        for mod in sorted(self.files):
+            st = self.files[mod].stat()
+            out.append([self.files[mod].name, st.st_size, st.st_mtime_ns])
+        return out
+
+
+def _find(folder: Path, case: str, suffix: str) -> Path | None:
+    for ext in EXTS:
+        p = folder / f"{case}{suffix}{ext}"
+        if p.exists():
+            return p
+    # Tolerate folders renamed after download: any single file ending in the suffix.
+    hits = sorted(p for ext in EXTS for p in folder.glob(f"*{suffix}{ext}"))
+    return hits[0] if len(hits) == 1 else None
+
+
+def patient_from_folder(folder: Path) -> Patient | None:
+    """A Patient if `folder` holds BraTS-named files of either scheme, else None."""
+    folder = Path(folder)
+    for naming, suffixes in SUFFIXES.items():
+        files = {m: p for m, s in suffixes.items() if (p := _find(folder, folder.name, s)) is not None}
+        # FLAIR (t2f) or seg identifies the scheme; other modalities are checked when needed.
+        if "flair" in files or "seg" in files:
+            case = folder.name
+            return Patient(case=case, folder=folder, naming=naming, files=files)
+    return None
+
+
+def discover(raw: str | Path) -> list[Patient]:
+    """All patients under `raw` (a folder of patient folders, or one patient folder), sorted by case.
+
+    Raises InputError when nothing BraTS-like is found, naming what was expected.
+    """
+    raw = Path(raw)
+    if not raw.exists():
+        raise InputError(f"{raw}: no such folder")
+    if not raw.is_dir():
+        raise InputError(f"{raw}: not a folder (expected a folder of BraTS patient folders)")
+    single = patient_from_folder(raw)
+    if single is not None:
+        return [single]
+    patients = [p for d in sorted(raw.iterdir()) if d.is_dir() and (p := patient_from_folder(d)) is not None]
+    if not patients:
+        raise InputError(
+            f"{raw}: not a BraTS-like folder: no <case>/<case>_flair.nii.gz (BraTS 2018-2021) "
+            f"or <case>/<case>-t2f.nii.gz (BraTS 2023) found"
+        )
+    return patients
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one 3D NIfTI fully into memory.
+
+    Returns (data as stored, e.g. int16 (X, Y, Z); affine (4, 4) float64; voxel spacing in mm).
+    Any decoding problem (truncated gzip, bad header, wrong dimensionality) is an InputError naming the file.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel, gzip, zlib and OSError all signal corruption differently
+        raise InputError(f"{path}: cannot read NIfTI ({type(e).__name__}: {e})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, np.asarray(img.affine, dtype=np.float64), zooms  # type: ignore[return-value]
+
+
+def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True):
+    """Read the requested modalities (stacked (C, X, Y, Z) float32) and the seg (X, Y, Z) int16 or None.
+
+    Checks that every file exists, shapes and affines agree, and voxels are finite; returns
+    (image, seg, affine, spacing). Raises InputError naming the offending file.
+    """
+    wanted = list(modalities) + (["seg"] if need_seg else [])
+    for m in wanted:
+        if m not in patient.files:
+            suffix = SUFFIXES[patient.naming][m]
+            raise InputError(f"{patient.folder / (patient.case + suffix + '.nii.gz')}: missing {m} file")
+    chans = []
+    ref_path = patient.files[modalities[0]]
+    ref_affine: np.ndarray | None = None
+    spacing = (1.0, 1.0, 1.0)
+    for m in modalities:
+        data, affine, zooms = load_volume(patient.files[m])
+        if ref_affine is None:
+            ref_affine, spacing = affine, zooms
+        elif data.shape != chans[0].shape:
+            raise InputError(f"{patient.files[m]}: shape {data.shape} differs from {ref_path.name} {chans[0].shape}")
+        elif not np.allclose(affine, ref_affine, atol=1e-3):
+            raise InputError(f"{patient.files[m]}: affine differs from {ref_path.name}")
+        vol = data.astype(np.float32, copy=False)
+        if not np.isfinite(vol).all():
+            raise InputError(f"{patient.files[m]}: contains NaN or infinite voxels")
+        chans.append(vol)
+    seg = None
+    if need_seg:
+        sdata, saffine, _ = load_volume(patient.files["seg"])
+        if sdata.shape != chans[0].shape:
+            raise InputError(f"{patient.files['seg']}: shape {sdata.shape} differs from {ref_path.name} {chans[0].shape}")
+        if not np.allclose(saffine, ref_affine, atol=1e-3):
+            raise InputError(f"{patient.files['seg']}: affine differs from {ref_path.name}")
+        if np.issubdtype(sdata.dtype, np.floating):
+            if not np.isfinite(sdata).all():
+                raise InputError(f"{patient.files['seg']}: contains NaN or infinite voxels")
+            sdata = np.rint(sdata)
+        seg = sdata.astype(np.int16, copy=False)
+    assert ref_affine is not None
+    return np.stack(chans), seg, ref_affine, spacing

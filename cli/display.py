@@ -1,0 +1,100 @@
+"""Rich progress bars and tables for the CLI (presentation only; no pipeline logic)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import lru_cache
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+@lru_cache(maxsize=1)
+def console() -> Console:
+    return Console()
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[str], None]]:
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console(), transient=False) as prog:
+        task = prog.add_task("", total=total)
+        yield lambda case: prog.update(task, advance=1, description=case)
+
+
+def preprocess_summary(s: Any) -> None:
+    c = console()
+    if s.up_to_date:
+        c.print(f"[green]cache {s.out} is up to date[/] (same settings, unchanged input; --force rebuilds)")
+        return
+    t = Table(title=f"cache {s.out}  ({s.seconds:.1f} s)")
+    for col in ("split", "patients", "slices", "tumour pixels"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, v in s.per_split.items():
+        t.add_row(split, str(v["patients"]), str(v["slices"]), f"{100 * v['tumour_fraction']:.2f} %")
+    c.print(t)
+    if s.skipped:
+        c.print(f"[yellow]skipped {len(s.skipped)} patient(s):[/]")
+        for case, why in s.skipped:
+            c.print(f"  {case}: {why}", markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def train_progress() -> Iterator[tuple[Callable[[str], None], Callable[..., None]]]:
+    c = console()
+    with Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeRemainingColumn(),
+                  console=c, transient=True) as prog:
+        state: dict[str, Any] = {"task": None, "epoch": -1}
+
+        def progress(epoch: int, step: int, total: int, loss: float, batch_size: int = 1) -> None:
+            if state["epoch"] != epoch:
+                if state["task"] is not None:
+                    prog.remove_task(state["task"])
+                state.update(epoch=epoch, task=prog.add_task("", total=total, epoch=epoch + 1, loss=loss, ips=0.0),
+                             t0=prog.get_time(), s0=step)
+            dt = prog.get_time() - state["t0"]
+            ips = (step - state["s0"]) / dt if dt > 0 else 0.0
+            prog.update(state["task"], completed=step, loss=loss, ips=ips * batch_size)
+
+        yield (lambda msg: prog.console.print(msg, highlight=False)), progress
+
+
+def _fmt(v: float) -> str:
+    return "inf" if math.isinf(v) else "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+def eval_tables(result: dict[str, Any]) -> None:
+    c = console()
+    for region, r in result["regions"].items():
+        t = Table(title=f"{result['split']} split, region {region} (cached slices, threshold {result['threshold']})")
+        t.add_column("metric")
+        t.add_column("pooled", justify="right")
+        t.add_column("mean per slice", justify="right")
+        for m, v in r["pooled"].items():
+            t.add_row(m, _fmt(v), _fmt(r["per_slice_mean"][m]))
+        d, h = r["per_patient_dice"], r["per_patient_hd95"]
+        t.add_row("3D Dice per patient", f"mean {_fmt(d['mean'])}", f"median {_fmt(d['median'])}  worst {_fmt(d['min'])}")
+        t.add_row("HD95 per patient (mm)", f"mean {_fmt(h['mean'])}", f"median {_fmt(h['median'])}")
+        c.print(t)
+    for region, r in result.get("volume", {}).items():
+        d, h = r["per_patient_dice"], r["per_patient_hd95"]
+        c.print(f"[bold]whole volumes[/], region {region}: 3D Dice mean {_fmt(d['mean'])} ± {_fmt(d['sd'])}, "
+                f"median {_fmt(d['median'])}, worst {_fmt(d['min'])}; HD95 median {_fmt(h['median'])} mm")
+
+
+def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> None:
+    c = console()
+    t = Table(title=f"predictions in {out}")
+    for col in ("patient", "region", "Dice", "HD95 mm", "pred voxels", "seconds"):
+        t.add_column(col, justify="left" if col in ("patient", "region") else "right")
+    for r in rows:
+        for region, v in r["regions"].items():
+            t.add_row(r["patient"], region, _fmt(v["dice"]) if "dice" in v else "-",
+                      _fmt(v["hd95"]) if "hd95" in v else "-", str(v["pred_voxels"]), f"{r['seconds']:.2f}")
+    c.print(t)
+    for e in errors:
+        c.print(f"[red]skipped:[/] {e}", highlight=False)
