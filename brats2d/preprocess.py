@@ -1,0 +1,232 @@
+"""Raw BraTS NIfTI folders -> the HDF5 slice cache (normalize, pick slices, resize, split by patient)."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import cache
+from .config import PreprocessConfig, to_dict
+from .nifti import InputError, Patient, discover, load_patient
+from .splits import load_splits, save_splits, split_patients
+
+
+class PreprocessError(Exception):
+    """Preprocessing cannot produce a cache (no usable patient, or --strict and a bad one)."""
+
+
+def region_masks(seg: np.ndarray, region: str, et_label: int = 4) -> np.ndarray:
+    """Binary masks (K, X, Y, Z) bool from a label volume: wt = label>0, tc = NCR|ET, et = ET; all = [wt, tc, et]."""
+    wt = seg > 0
+    tc = (seg == 1) | (seg == et_label)
+    et = seg == et_label
+    return np.stack({"wt": [wt], "tc": [tc], "et": [et], "all": [wt, tc, et]}[region])
+
+
+def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0.5, 99.5), name: str = "volume") -> np.ndarray:
+    """Scale one modality volume (X, Y, Z) float32 to [0, 1].
+
+    minmax: (v - min) / (max - min) over the whole volume (the seed's way).
+    percentile: clip to the given percentiles of brain voxels (v != 0; BraTS background is exactly 0)
+    and scale, leaving background at 0 -- robust to the single-voxel outliers some sites have.
+    """
+    if method == "minmax":
+        lo, hi = float(vol.min()), float(vol.max())
+        if hi <= lo:
+            raise InputError(f"{name}: constant volume (every voxel is {lo:g})")
+        return (vol - lo) * np.float32(1.0 / (hi - lo))
+    brain = vol != 0
+    if not brain.any():
+        raise InputError(f"{name}: constant volume (every voxel is 0)")
+    lo, hi = np.percentile(vol[brain], percentile)
+    if hi <= lo:
+        raise InputError(f"{name}: constant volume inside the brain ({lo:g})")
+    out = (np.clip(vol, lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    out[~brain] = 0.0
+    return out
+
+
+def resize_slices(x: np.ndarray, size: int, binary: bool = False) -> np.ndarray:
+    """Resize (N, C, H, W) to (N, C, size, size) with torch bilinear interpolation.
+
+    Images use antialias=True (a proper low-pass before down-sampling). Binary masks are resized
+    as floats the same way and thresholded at 0.5, which preserves the label region without the
+    one-pixel jitter of nearest-neighbour. Returns float32 (images) or uint8 (masks).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if x.shape[0] == 0:
+        return np.zeros(x.shape[:2] + (size, size), np.uint8 if binary else np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if x.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = t.numpy()
+    return (out >= 0.5).astype(np.uint8) if binary else out.astype(np.float32, copy=False)
+
+
+@dataclass
+class PatientSlices:
+    case: str
+    images: np.ndarray  # (n, C, S, S) float32 in [0, 1]
+    masks: np.ndarray  # (n, K, S, S) uint8
+    slices: np.ndarray  # (n,) int32 z indices
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+
+def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
+    """Load, normalize, select and resize one patient's axial slices (InputError on bad input)."""
+    image, seg, _, spacing = load_patient(patient, cfg.modalities)
+    assert seg is not None
+    masks = region_masks(seg, cfg.region, patient.et_label)
+    has_tumour = masks[0].any(axis=(0, 1))  # (Z,): slice has region (WT for "all")
+    if not has_tumour.any():
+        raise InputError(f"{patient.files['seg']}: no tumour voxels for region {cfg.region!r}; patient skipped")
+    for c, m in enumerate(cfg.modalities):
+        image[c] = normalize(image[c], cfg.norm, cfg.percentile, name=str(patient.files[m]))
+    keep = np.flatnonzero(has_tumour)
+    if cfg.empty_slices > 0:
+        brain = (image != 0).any(axis=(0, 1, 2))
+        empty = np.flatnonzero(brain & ~has_tumour)
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(patient.case.encode())])
+        n = int(round(cfg.empty_slices * len(empty)))
+        keep = np.sort(np.concatenate([keep, rng.choice(empty, size=n, replace=False)]))
+    x = np.moveaxis(image[..., keep], -1, 0)  # (n, C, X, Y)
+    y = np.moveaxis(masks[..., keep], -1, 0)
+    sx, sy, sz = spacing
+    X, Y, Z = seg.shape
+    return PatientSlices(
+        case=patient.case, images=resize_slices(x, cfg.size), masks=resize_slices(y, cfg.size, binary=True),
+        slices=keep.astype(np.int32), shape=(X, Y, Z), spacing=(sx * X / cfg.size, sy * Y / cfg.size, sz))
+
+
+def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
+    """Worker entry: a result, or the one-line reason the patient was skipped."""
+    import torch
+
+    torch.set_num_threads(1)  # one patient per core; intra-op threads would oversubscribe
+    try:
+        return process_patient(*args)
+    except InputError as e:
+        return str(e)
+    except MemoryError:
+        return f"{args[0].folder}: out of memory while processing"
+
+
+def _results(todo: list[Patient], cfg: PreprocessConfig, workers: int) -> Iterator[PatientSlices | str]:
+    jobs = [(p, cfg) for p in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_work, jobs)
+        return
+    # spawn: a forked child of a process that already started OpenMP/torch threads can deadlock.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        yield from ex.map(_work, jobs)
+
+
+@dataclass
+class Summary:
+    out: Path
+    up_to_date: bool = False
+    seconds: float = 0.0
+    per_split: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (case, reason)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, workers: int = 0,
+               splits_file: str | Path | None = None, force: bool = False, strict: bool = False,
+               on_patient: Callable[[str], None] | None = None) -> Summary:
+    """Build the cache `out` from the BraTS folder `raw`. See the module and README for the layout.
+
+    Bad patients are skipped with a reason (or abort everything with `strict`); the cache appears at
+    `out` only when complete. `on_patient(case)` is called after each patient (progress display).
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    patients = discover(raw)
+    source = {p.case: p.identity() for p in patients}
+    summary = Summary(out=out)
+    config = to_dict(cfg)
+    if out.exists() and not force:
+        try:
+            meta = cache.read_meta(out)
+            if meta.config == config and meta.source == source:
+                summary.up_to_date = True
+                return summary
+        except cache.CacheError:
+            pass  # an unreadable or old cache is simply rebuilt
+    if splits_file is not None:
+        splits = load_splits(splits_file)
+        known = {c for s in splits.values() for c in s}
+        summary.skipped += [(p.case, "not listed in the splits file") for p in patients if p.case not in known]
+        patients = [p for p in patients if p.case in known]
+    else:
+        splits = split_patients([p.case for p in patients], cfg.split, cfg.seed)
+    split_of = {c: s for s, cases in splits.items() for c in cases}
+    C = len(cfg.modalities)
+    stats = {s: {"patients": 0, "slices": 0, "tumour_pixels": 0} for s in cache.SPLITS}
+    info: dict[str, dict[str, Any]] = {}
+    with cache.CacheWriter(out, (C, cfg.size, cfg.size), cfg.out_channels, cfg.dtype) as writer:
+        for p, res in zip(patients, _results(patients, cfg, workers or default_workers())):
+            if isinstance(res, str):
+                summary.skipped.append((p.case, res))
+                if strict:
+                    raise PreprocessError(f"--strict: {res}")
+            else:
+                split = split_of[p.case]
+                writer.add(split, p.case, res.images, res.masks, res.slices)
+                st = stats[split]
+                st["patients"] += 1
+                st["slices"] += len(res.slices)
+                st["tumour_pixels"] += int(res.masks[:, 0].sum())
+                info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
+                                "n_slices": len(res.slices)}
+            if on_patient:
+                on_patient(p.case)
+        if not info:
+            raise PreprocessError(f"{raw}: no usable patient ({len(summary.skipped)} skipped)")
+        used = {s: [c for c in splits[s] if c in info] for s in cache.SPLITS}
+        writer.finish({"config": config, "source": source, "patients": info, "splits": used})
+    save_splits(splits, splits_path(out))
+    _write_atomic(config_path(out), _json(config))
+    summary.seconds = time.perf_counter() - t0
+    for s, st in stats.items():
+        pix = st["slices"] * cfg.size * cfg.size
+        summary.per_split[s] = {"patients": st["patients"], "slices": st["slices"],
+                                "tumour_fraction": st["tumour_pixels"] / pix if pix else 0.0}
+    return summary
+
+
+def _json(d: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def splits_path(cache_path: str | Path) -> Path:
+    """The splits JSON written beside a cache: data_cache/brats2d.h5 -> data_cache/brats2d.splits.json."""
+    p = Path(cache_path)
+    return p.with_name(p.stem + ".splits.json")
+
+
+def config_path(cache_path: str | Path) -> Path:
+    p = Path(cache_path)
+    return p.with_name(p.stem + ".config.json")
