@@ -1,0 +1,124 @@
+"""Batches straight from the memory-mapped cache: one fancy-index per batch, augmentation included.
+
+An epoch is fully described by (seed, epoch): the shuffled order and every sample's transform are drawn
+up front from ``default_rng([seed, epoch])``. The loader's state is therefore just (epoch, batch index):
+resuming, or splitting batches across DataLoader workers, replays exactly the same stream.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import cache
+from .augment import apply_batch, draw_codes
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The order and transforms of one epoch over `n` slices."""
+
+    order: np.ndarray  # (n,) int64 slice indices in visiting order
+    codes: np.ndarray | None  # (n,) int64 transform codes, None without augmentation
+    batch_size: int
+    drop_last: bool
+
+    @classmethod
+    def make(cls, n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
+             augment: bool = True, drop_last: bool = False) -> "EpochPlan":
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        codes = draw_codes(rng, n) if augment else None
+        return cls(order.astype(np.int64), codes, batch_size, drop_last)
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(indices, codes) of batch b, indices sorted so the memmap is read forward."""
+        sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        idx = self.order[sl]
+        srt = np.argsort(idx, kind="stable")
+        return idx[srt], None if self.codes is None else self.codes[sl][srt]
+
+
+class SliceCache:
+    """Read access to one split of a cache, opened lazily once per process (fork- and spawn-safe).
+
+    Checks on construction: the file exists, its format_version is current and the split exists.
+    Pickling drops the open maps, so workers re-open the file themselves.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str):
+        self.path, self.split = str(path), split
+        self.meta = cache.read_meta(self.path)
+        if split not in cache.SPLITS:
+            raise cache.CacheError(f"{path}: no split {split!r} (choose from {', '.join(cache.SPLITS)})")
+        self.n = self.meta.counts[split]
+        self._arrays: tuple[Any, Any] | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None, "_pid": -1}
+
+    def arrays(self) -> tuple[Any, Any]:
+        """(images (N, C, S, S), masks (N, K, S, S)) memmaps, opened once in this process."""
+        if self._arrays is None or self._pid != os.getpid():
+            images, masks = cache.open_arrays(self.path, self.split)
+            # A plain ndarray view of the memmap skips np.memmap's per-index subclass overhead.
+            images, masks = (np.asarray(a) if isinstance(a, np.memmap) else a for a in (images, masks))
+            if images.shape[0] != masks.shape[0] or images.shape[2:] != masks.shape[2:]:
+                raise cache.CacheError(f"{self.path}:/{self.split}: images {images.shape} and masks {masks.shape} disagree")
+            self._arrays, self._pid = (images, masks), os.getpid()
+        return self._arrays
+
+    def index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(patient (N,) str, slice (N,) int32)."""
+        return cache.read_index(self.path, self.split)
+
+    def gather(self, idx: np.ndarray, codes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, S, S) and masks (B, K, S, S) as float32 tensors for sorted `idx`, transformed by `codes`."""
+        images, masks = self.arrays()
+        x, y = images[idx], masks[idx]
+        if codes is not None:
+            x, y = apply_batch(x, codes), apply_batch(y, codes)
+        # torch's float16/uint8 -> float32 conversion is vectorized; numpy's astype is ~15x slower here.
+        return torch.from_numpy(x).float(), torch.from_numpy(y).float()
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """Map-style view of one epoch, item b = batch b, for torch's DataLoader workers."""
+
+    def __init__(self, data: SliceCache, plan: EpochPlan):
+        self.data, self.plan = data, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.gather(*self.plan.batch(b))
+
+
+def iterate(data: SliceCache, plan: EpochPlan, start: int = 0, num_workers: int = 0,
+            pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, masks) float32 tensors for batches start..len(plan)-1 of the plan.
+
+    num_workers=0 gathers in this process (the fastest choice for the 96x96 cache: a batch costs
+    tens of microseconds); > 0 uses DataLoader workers, which yield the identical batches in order.
+    """
+    if num_workers <= 0:
+        for b in range(start, len(plan)):
+            yield data.gather(*plan.batch(b))
+        return
+    loader = torch.utils.data.DataLoader(
+        _EpochBatches(data, plan), batch_size=None, sampler=range(start, len(plan)), num_workers=num_workers,
+        pin_memory=pin_memory, prefetch_factor=4, persistent_workers=False)
+    yield from loader

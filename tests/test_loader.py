@@ -1,0 +1,122 @@
+"""Loader: augmentation alignment, determinism, resumable position, workers, refusal of bad caches."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from brats2d import cache
+from brats2d.augment import apply_batch, apply_one, invert_one, transform_code
+from brats2d.dataset import EpochPlan, SliceCache, iterate
+
+
+def test_every_transform_moves_a_marked_pixel_identically() -> None:
+    s = 8
+    img = np.zeros((16, 2, s, s), np.float32)
+    mask = np.zeros((16, 1, s, s), np.uint8)
+    img[:, :, 1, 2] = 1.0
+    mask[:, :, 1, 2] = 1
+    codes = np.arange(16)
+    ti, tm = apply_batch(img, codes), apply_batch(mask, codes)
+    for c in range(16):
+        assert ti[c].sum() == 2 and tm[c].sum() == 1
+        (yi, xi), (ym, xm) = np.argwhere(ti[c, 0])[0], np.argwhere(tm[c, 0])[0]
+        assert (yi, xi) == (ym, xm)
+        assert (ti[c, 1] == ti[c, 0]).all()  # all channels move together
+        np.testing.assert_array_equal(ti[c], apply_one(img[c], c))
+        np.testing.assert_array_equal(invert_one(ti[c], c), img[c])
+    # the 16 (hflip, vflip, k) draws cover exactly the 8 symmetries of the square
+    assert len({apply_one(np.arange(16).reshape(4, 4), c).tobytes() for c in range(16)}) == 8
+    assert transform_code(1, 0, 3) == 11
+    # explicit semantics: hflip mirrors the last axis, k=1 is np.rot90
+    a = np.arange(9).reshape(3, 3)
+    np.testing.assert_array_equal(apply_one(a, transform_code(1, 0, 0)), a[:, ::-1])
+    np.testing.assert_array_equal(apply_one(a, transform_code(0, 0, 1)), np.rot90(a))
+
+
+def test_batches_and_transforms_follow_image_mask_pairs(tiny_cache: Path) -> None:
+    data = SliceCache(tiny_cache, "train")
+    images, masks = data.arrays()
+    plan = EpochPlan.make(len(data), 4, seed=3, epoch=0)
+    idx, codes = plan.batch(0)
+    x, y = data.gather(idx, codes)
+    assert x.dtype == torch.float32 and y.dtype == torch.float32 and x.shape[1:] == images.shape[1:]
+    for j in range(len(idx)):
+        np.testing.assert_array_equal(x[j].numpy(), apply_one(np.asarray(images[idx[j]], np.float32), codes[j]))
+        np.testing.assert_array_equal(y[j].numpy(), apply_one(np.asarray(masks[idx[j]], np.float32), codes[j]))
+
+
+def test_same_seed_same_stream_and_epochs_differ(tiny_cache: Path) -> None:
+    data = SliceCache(tiny_cache, "train")
+    a = [x for x, _ in iterate(data, EpochPlan.make(len(data), 4, 42, 0))]
+    b = [x for x, _ in iterate(data, EpochPlan.make(len(data), 4, 42, 0))]
+    c = [x for x, _ in iterate(data, EpochPlan.make(len(data), 4, 42, 1))]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+    plan = EpochPlan.make(len(data), 4, 42, 0)
+    assert sorted(plan.order.tolist()) == list(range(len(data)))  # a permutation: every slice once
+
+
+def test_resume_position_continues_identically(tiny_cache: Path) -> None:
+    data = SliceCache(tiny_cache, "train")
+    plan = EpochPlan.make(len(data), 4, 42, 5)
+    full = list(iterate(data, plan))
+    rest = list(iterate(data, EpochPlan.make(len(data), 4, 42, 5), start=3))
+    assert len(rest) == len(full) - 3
+    assert all(torch.equal(u[0], v[0]) and torch.equal(u[1], v[1]) for u, v in zip(full[3:], rest))
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_workers_yield_the_same_batches(tiny_cache: Path, ctx: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.data as tud
+
+    real = tud.DataLoader
+
+    def loader(*a, **kw):
+        kw["multiprocessing_context"] = ctx
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tud, "DataLoader", loader)
+    data = SliceCache(tiny_cache, "train")
+    plan = EpochPlan.make(len(data), 4, 42, 0)
+    main = list(iterate(data, plan))
+    data.arrays()  # opened in the parent: the children must reopen, not share the handle
+    workers = list(iterate(data, plan, num_workers=2))
+    assert len(main) == len(workers)
+    assert all(torch.equal(u[0], v[0]) and torch.equal(u[1], v[1]) for u, v in zip(main, workers))
+
+
+def test_wrong_version_and_missing_split_are_refused(tiny_cache: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "old.h5"
+    shutil.copy(tiny_cache, bad)
+    with h5py.File(bad, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(cache.CacheError, match="format_version 99"):
+        SliceCache(bad, "train")
+    with pytest.raises(cache.CacheError, match="no split"):
+        SliceCache(tiny_cache, "holdout")
+    with pytest.raises(cache.CacheError, match="no such cache"):
+        SliceCache(tmp_path / "missing.h5", "train")
+
+
+def test_chunked_cache_falls_back_to_h5py_with_warning(tiny_cache: Path, tmp_path: Path) -> None:
+    chunked = tmp_path / "chunked.h5"
+    shutil.copy(tiny_cache, chunked)
+    with h5py.File(chunked, "r+") as f:
+        for name in ("images", "masks"):
+            data = f["train"][name][...]
+            attrs = dict(f["train"][name].attrs)
+            del f["train"][name]
+            ds = f["train"].create_dataset(name, data=data, chunks=(1,) + data.shape[1:], compression="gzip")
+            ds.attrs.update(attrs)
+    ref = SliceCache(tiny_cache, "train")
+    data = SliceCache(chunked, "train")
+    with pytest.warns(UserWarning, match="chunked or compressed"):
+        data.arrays()
+    plan = EpochPlan.make(len(data), 4, 1, 0)
+    assert all(torch.equal(u[0], v[0]) for u, v in zip(iterate(ref, plan), iterate(data, plan)))
