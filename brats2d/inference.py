@@ -1,0 +1,126 @@
+"""Loading a trained run for inference, and batched prediction of slices and whole volumes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .augment import apply_batch, invert_one
+from .config import PreprocessConfig, TrainConfig, from_dict
+from .model import UNet, build_model
+from .preprocess import normalize, resize_slices
+from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
+
+# The 8 distinct transforms of the training augmentation (k quarter-turns, with and without hflip).
+TTA_CODES = (0, 1, 2, 3, 8, 9, 10, 11)
+
+
+@dataclass
+class Predictor:
+    """A trained model with the settings it was trained under."""
+
+    model: UNet
+    train_cfg: TrainConfig
+    prep_cfg: PreprocessConfig
+    device: torch.device
+    precision: str
+    run_dir: Path
+    cache_path: str
+
+    @property
+    def regions(self) -> list[str]:
+        return ["wt", "tc", "et"] if self.prep_cfg.region == "all" else [self.prep_cfg.region]
+
+    @torch.inference_mode()
+    def slices(self, x: np.ndarray, batch_size: int = 64, tta: bool = False, mc_dropout: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, K, S, S) float32 for normalized slices x (N, C, S, S) float.
+
+        With `tta` (8 symmetric views) or `mc_dropout` = T > 0 (T stochastic passes with dropout on),
+        also returns the per-pixel variance of the samples (N, K, S, S) as an uncertainty map.
+        """
+        self.model.eval()
+        if mc_dropout:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.Dropout2d):
+                    m.train()  # dropout stays stochastic; BatchNorm keeps its running statistics
+        codes = TTA_CODES if tta else (0,)
+        reps = max(mc_dropout, 1)
+        mean = np.zeros((len(x), self.model.out_channels) + x.shape[2:], np.float32)
+        sq = np.zeros_like(mean) if (tta or mc_dropout) else None
+        for i in range(0, len(x), batch_size):
+            xb = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
+            for code in codes:
+                xin = apply_batch(xb, np.full(len(xb), code)) if code else xb
+                for _ in range(reps):
+                    p = self._forward(torch.from_numpy(np.ascontiguousarray(xin)))
+                    p = np.ascontiguousarray(invert_one(p, code)) if code else p
+                    mean[i:i + len(xb)] += p
+                    if sq is not None:
+                        sq[i:i + len(xb)] += p * p
+        n = len(codes) * reps
+        mean /= n
+        var = None if sq is None else np.maximum(sq / n - mean * mean, 0.0)
+        self.model.eval()
+        return mean, var
+
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        x = x.to(self.device)
+        if self.train_cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            logits = self.model(x)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def volume(self, image: np.ndarray, normalized: bool = False, **kw) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every axial slice.
+
+        Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
+        training size, predicts in batches and resizes the probabilities back (bilinear).
+        """
+        if image.ndim != 4:
+            raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
+        if not normalized:
+            image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
+                              for c in range(image.shape[0])])
+        X, Y = image.shape[1:3]
+        x = resize_slices(np.moveaxis(image, -1, 0), self.prep_cfg.size)  # (Z, C, S, S)
+        prob, var = self.slices(x, **kw)
+        back = lambda a: np.moveaxis(_resize_up(a, (X, Y)), 0, -1)  # noqa: E731  (Z,K,S,S) -> (K,X,Y,Z)
+        return back(prob), None if var is None else back(var)
+
+
+def _resize_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import torch.nn.functional as F
+
+    if a.shape[-2:] == shape:
+        return a
+    t = F.interpolate(torch.from_numpy(a), size=shape, mode="bilinear", align_corners=False)
+    return t.numpy()
+
+
+def load_predictor(run_dir: str | Path, which: str = "best", device: str = "auto") -> Predictor:
+    """Load best_model.pth (or latest_checkpoint.pth) of a run, weights-only."""
+    run_dir = Path(run_dir)
+    name = {"best": "best_model.pth", "latest": "latest_checkpoint.pth"}.get(which)
+    if name is None:
+        raise ValueError(f"checkpoint: {which!r} (choose from best, latest)")
+    ck = checkpoint.load(run_dir / name)
+    ident = json.loads(ck["identity"])
+    tcfg = from_dict(TrainConfig, ident["train"])
+    pcfg = from_dict(PreprocessConfig, ident["cache"]["config"])
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    model = build_model(ident["model"]["in_channels"], ident["model"]["out_channels"], tcfg.base_channels,
+                        tcfg.depth, tcfg.dropout)
+    model.load_state_dict(ck["model"])
+    model = model.to(dev).eval()
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Predictor(model, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), run_dir,
+                     ident.get("cache_path", ""))
