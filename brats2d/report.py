@@ -54,11 +54,15 @@ def plot_overlays(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, patie
     most tumour (image in grey, ground truth contour green, prediction contour red).
 
     images (N, S, S) float, truth/pred (N, S, S) bool, patients (N,) str, slices (N,) z.
-    Returns the patients shown (best, median, worst). With `uncertainty` (N, S, S), adds its map.
+    Returns the patients shown (best, median, worst; each once). With `uncertainty` (N, S, S), adds its map.
     """
     plt = _plt()
     order = sorted(dice, key=lambda c: dice[c])
-    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
+    picks, seen = [], set()
+    for label, case in (("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])):
+        if case not in seen:  # fewer than 3 patients: show each once
+            picks.append((label, case))
+            seen.add(case)
     cols = per_patient + (1 if uncertainty is not None else 0)
     fig, axes = plt.subplots(len(picks), cols, figsize=(2.3 * cols, 2.5 * len(picks)), squeeze=False)
     for r, (label, case) in enumerate(picks):

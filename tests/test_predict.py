@@ -1,0 +1,138 @@
+"""predict (source space), eval (metrics JSON), report (pictures) and the demo, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from brats2d import metrics as M
+from brats2d.config import PreprocessConfig, TrainConfig
+from brats2d.evaluate import evaluate
+from brats2d.inference import Predictor, load_predictor
+from brats2d.nifti import InputError
+from brats2d.predict import predict, predict_case
+from brats2d.report import report
+from brats2d.train import train
+
+from .conftest import SHAPE, SIZE, TINY, make_tree
+
+
+class Identity(nn.Module):
+    """A 'model trained to identity': logits = 40 (x - 0.5) on channel 0, so p > 0.5 exactly where x > 0.5."""
+
+    in_channels, out_channels = 1, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (x[:, :1] - 0.5)
+
+
+def _mask_as_flair(raw: Path) -> None:
+    """Replace each FLAIR with its seg > 0 (tumour 1000, rest 0), keeping the NIfTI geometry."""
+    for folder in sorted(p for p in raw.iterdir() if p.is_dir()):
+        case = folder.name
+        seg = nib.load(str(folder / f"{case}_seg.nii.gz"))
+        flair = nib.load(str(folder / f"{case}_flair.nii.gz"))
+        data = (np.asarray(seg.dataobj) > 0).astype(np.int16) * 1000
+        nib.save(nib.Nifti1Image(data, flair.affine, flair.header), str(folder / f"{case}_flair.nii.gz"))
+
+
+def test_identity_model_through_the_full_predict_path(tmp_path: Path) -> None:
+    raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
+    _mask_as_flair(raw)
+    pred = Predictor(Identity(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
+                     torch.device("cpu"), "fp32", tmp_path, "")
+    rows, errors = predict(pred, [raw], tmp_path / "out", threshold=0.5)
+    assert not errors and len(rows) == 2
+    for r in rows:
+        # normalize -> 48x48 -> model -> bilinear back to 64x64 loses only boundary pixels
+        assert r["regions"]["wt"]["dice"] > 0.9, r
+        assert r["regions"]["wt"]["hd95"] <= 2.0
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["patient"] for t in table] == [r["patient"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "r"
+    train(tiny_cache, run, TrainConfig(**{**TINY, "epochs": 3}), log=lambda m: None)
+    return run
+
+
+def test_prediction_is_a_nifti_in_the_input_space(tiny_run: Path, raw_dir: Path, tmp_path: Path) -> None:
+    case = sorted(p.name for p in raw_dir.iterdir())[0]
+    row = predict_case(load_predictor(tiny_run, device="cpu"), raw_dir / case, tmp_path, probabilities=True, tta=True)
+    flair = nib.load(str(raw_dir / case / f"{case}_flair.nii.gz"))
+    out = nib.load(str(tmp_path / f"{case}_pred.nii.gz"))
+    assert out.shape == flair.shape == SHAPE
+    np.testing.assert_allclose(out.affine, flair.affine)
+    assert out.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
+    prob = nib.load(str(tmp_path / f"{case}_prob.nii.gz"))
+    unc = nib.load(str(tmp_path / f"{case}_uncertainty.nii.gz"))
+    assert prob.shape == unc.shape == SHAPE
+    p = np.asarray(prob.dataobj)
+    assert 0.0 <= p.min() and p.max() <= 1.0 and np.asarray(unc.dataobj).min() >= 0.0
+    assert {"dice", "hd95", "tumour_voxels", "pred_voxels"} <= set(row["regions"]["wt"])
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_wrong_inputs_are_clear_errors(tiny_run: Path, raw_copy: Path, tmp_path: Path) -> None:
+    pred = load_predictor(tiny_run, device="cpu")
+    cases = sorted(p for p in raw_copy.iterdir() if p.is_dir())
+    (cases[0] / f"{cases[0].name}_flair.nii.gz").unlink()  # the modality the model needs
+    seg = nib.load(str(cases[1] / f"{cases[1].name}_seg.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), seg.affine), str(cases[1] / f"{cases[1].name}_flair.nii.gz"))
+    rows, errors = predict(pred, [raw_copy], tmp_path / "out")
+    assert len(rows) == len(cases) - 2 and len(errors) == 2
+    assert any(cases[0].name in e and "flair" in e for e in errors)
+    assert any(cases[1].name in e for e in errors)
+    with pytest.raises(InputError, match="not a BraTS patient folder"):
+        predict_case(pred, tmp_path, None)
+
+
+def test_eval_writes_consistent_metrics(tiny_run: Path, raw_dir: Path) -> None:
+    res = evaluate(tiny_run, "test", "best", 0.5, raw=raw_dir, device="cpu")
+    saved = json.loads((tiny_run / "metrics_test.json").read_text())
+    assert saved["split"] == "test" and set(saved["regions"]) == {"wt"}
+    wt = res["regions"]["wt"]
+    c = M.Counts(**{k: np.int64(v) for k, v in wt["counts"].items()})
+    assert wt["pooled"]["dice"] == pytest.approx(float(M.dice(c)))
+    tp, fp, fn = (wt["counts"][k] for k in ("tp", "fp", "fn"))
+    assert wt["pooled"]["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else True
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "iou"):
+        assert key in wt["pooled"] and key in wt["per_slice_mean"]
+    assert wt["per_patient"] and {"patient", "dice", "hd95", "tumour_voxels"} <= set(wt["per_patient"][0])
+    vol = res["volume"]["wt"]["per_patient"]
+    assert [r["patient"] for r in vol] == [r["patient"] for r in wt["per_patient"]]
+
+
+def test_report_writes_both_pictures(tiny_run: Path) -> None:
+    pics = report(tiny_run, device="cpu", uncertainty=True)
+    for name in ("curves", "overlays"):
+        path = Path(pics[name])
+        assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:
+    from brats2d.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", patients=6, epochs=1, shape=SHAPE, base_channels=4, size=SIZE, echo=lambda m: None)
+    run = Path(out["run_dir"])
+    for name in ("best_model.pth", "latest_checkpoint.pth", "history.csv", "config.json", "curves.png",
+                 "overlays.png", "metrics_test.json"):
+        assert (run / name).is_file(), name
+    assert list((tmp_path / "demo" / "predictions").glob("*_pred.nii.gz"))
+    again = run_demo(tmp_path / "demo2", patients=6, epochs=1, shape=SHAPE, base_channels=4, size=SIZE, echo=lambda m: None)
+    # deterministic for a seed (JSON text, so that NaN statistics compare equal)
+    assert json.dumps(again["metrics"]["regions"]) == json.dumps(out["metrics"]["regions"])
+    from brats2d.checkpoint import load
+
+    a, b = load(run / "best_model.pth")["model"], load(Path(again["run_dir"]) / "best_model.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
