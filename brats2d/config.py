@@ -93,6 +93,7 @@ class TrainConfig:
     dropout: float = 0.0
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16, AMP (fp16) on CUDA
     channels_last: bool = True  # measured 1.4x faster on CPU (benchmarks/bench_train.py)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only; torch has no CPU kernel)
     threads: int = 0  # 0: all cores
     checkpoint_every: int = 200  # steps, mid-epoch
     select_by: str = "dice"  # validation metric for best_model.pth
@@ -101,6 +102,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs: must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        _check(self.seed >= 0, f"seed: must be >= 0, got {self.seed}")
         _check(self.lr > 0, f"lr: must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
         _check(self.schedule in ("none", "cosine"), f"schedule: {self.schedule!r} (choose from none, cosine)")
@@ -110,6 +112,7 @@ class TrainConfig:
         _check(1 <= self.depth <= 6, f"depth: must be in 1..6, got {self.depth}")
         _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
         _check(self.precision in PRECISIONS, f"precision: {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        _check(isinstance(self.sync_bn, bool), f"sync_bn: must be true or false, got {self.sync_bn!r}")
         _check(self.threads >= 0, f"threads: must be >= 0, got {self.threads}")
         _check(self.checkpoint_every >= 1, f"checkpoint_every: must be >= 1, got {self.checkpoint_every}")
         _check(self.select_by in ("dice", "loss"), f"select_by: {self.select_by!r} (choose from dice, loss)")

@@ -2,7 +2,8 @@
 
 An epoch is fully described by (seed, epoch): the shuffled order and every sample's transform are drawn
 up front from ``default_rng([seed, epoch])``. The loader's state is therefore just (epoch, batch index):
-resuming, or splitting batches across DataLoader workers, replays exactly the same stream.
+resuming, or splitting batches across DataLoader workers, replays exactly the same stream. Under
+torchrun each process takes a strided shard of that same plan (`EpochPlan.shard`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ class EpochPlan:
     def __len__(self) -> int:
         n = len(self.order)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def shard(self, rank: int, world: int, *, pad: bool = True) -> "EpochPlan":
+        """This rank's part of the epoch under DistributedDataParallel: positions rank, rank+world, ...
+
+        Every rank builds the same global plan from (seed, epoch) and keeps a strided slice, like torch's
+        DistributedSampler, so the data order is still a pure function of (seed, epoch, world) and the
+        resume position (batch index) is the same on every rank. pad=True first wraps the order around
+        to a multiple of `world` (the first few slices are seen twice) so that every rank runs the same
+        number of steps: unequal step counts would deadlock DDP's gradient all-reduce. Use pad=False
+        for evaluation, where duplicates would bias pooled metrics and no collective runs per batch.
+        world == 1 returns the plan itself, unchanged.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"shard: rank {rank} is outside 0..{world - 1}")
+        if world == 1:
+            return self
+        n = len(self.order)
+        total = -(-n // world) * world if pad and n > 0 else n
+        take = (np.arange(total) % max(n, 1))[rank::world]
+        return EpochPlan(self.order[take], None if self.codes is None else self.codes[take], self.batch_size,
+                         self.drop_last)
 
     def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(indices, codes) of batch b, indices sorted so the memmap is read forward."""

@@ -8,6 +8,8 @@
       train.log              what the run printed
       curves.png             training curves
       .lock                  held (flock) while a process trains here; released by the OS if it dies
+
+Under torchrun only rank 0 uses this class (lock, writes); the other ranks receive its state.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import checkpoint
-from .config import TrainConfig, diff
+from .config import TrainConfig, diff, to_dict
 
 LATEST, BEST = "latest_checkpoint.pth", "best_model.pth"
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
@@ -92,6 +94,14 @@ class RunDir:
             return fresh
         ck = checkpoint.load(latest)
         old = json.loads(ck["identity"])
+        # Settings added after a checkpoint was written (e.g. sync_bn) take their default, which is what it used.
+        old["train"] = {**to_dict(TrainConfig()), **old.get("train", {})}
+        was, now = old.get("world_size", 1), ident.get("world_size", 1)
+        if was != now:
+            # The data shards, the per-process batch and the optimizer path all depend on the world size.
+            raise RunError(f"{latest}: was trained by {was} process(es) (torchrun world size) but this run has "
+                           f"{now}; resume with the same number of processes (--nnodes x --nproc_per_node), "
+                           f"or use --restart or another --run-dir")
         # The cache may move; its content (checksums) and settings are what must match.
         changes = diff(_flatten({**old, "cache_path": None}), _flatten({**ident, "cache_path": None}))
         if changes:
@@ -103,14 +113,15 @@ class RunDir:
         s["scaler"].load_state_dict(ck["scaler"])
         checkpoint.set_rng_state(ck["rng"])
         st = {"epoch": ck["epoch"], "step": ck["step"], "loss_sum": ck["loss_sum"], "seen": ck["seen"],
-              "history": json.loads(ck["history"]), "best": ck["best"]}
+              "history": json.loads(ck["history"]), "best": ck["best"], "rng_ranks": ck.get("rng_ranks")}
         if st["epoch"] < ident["train"]["epochs"]:
             self._emit(log, f"resuming {self.path} from epoch {st['epoch'] + 1}, step {st['step']}")
         return st
 
     def save_latest(self, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any], st: dict[str, Any],
-                    epoch: int) -> None:
-        checkpoint.save({
+                    epoch: int, extra: dict[str, Any] | None = None) -> None:
+        """Write latest_checkpoint.pth; `extra` adds entries (under torchrun: rng_ranks, ranks 1.. RNG states)."""
+        checkpoint.save({**(extra or {}),
             "model": s["model"].state_dict(), "optimizer": s["opt"].state_dict(),
             "scheduler": s["sched"].state_dict(), "scaler": s["scaler"].state_dict(), "rng": checkpoint.rng_state(),
             "epoch": epoch, "step": st["step"], "loss_sum": st["loss_sum"], "seen": st["seen"],
@@ -125,7 +136,7 @@ class RunDir:
                                  f"--lr or use --precision fp32, then run again with --restart")
 
     def end_epoch(self, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any], st: dict[str, Any],
-                  row: dict[str, Any], log: Callable[[str], None]) -> None:
+                  row: dict[str, Any], log: Callable[[str], None], extra: dict[str, Any] | None = None) -> None:
         """Record the epoch, keep the best model, then checkpoint the start of the next epoch."""
         st["history"].append(row)
         score = row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"]
@@ -138,7 +149,7 @@ class RunDir:
                    "val_dice {val_dice:.4f}  {images_per_s:.1f} img/s  {seconds:.0f}s".format(n=cfg.epochs, **row)
                    + ("  * best" if is_best else ""))
         st.update(epoch=row["epoch"], step=0, seen=0, loss_sum=torch.zeros((), dtype=torch.float64))
-        self.save_latest(s, cfg, ident, st, row["epoch"])
+        self.save_latest(s, cfg, ident, st, row["epoch"], extra)
         self._write_history(st["history"])
         from .report import plot_curves
 

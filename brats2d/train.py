@@ -3,11 +3,19 @@
 State that decides the result -- weights, optimizer, scheduler, grad scaler, RNGs, (epoch, step) -- is
 in every checkpoint; the data order and augmentation are a pure function of (seed, epoch), so a run
 killed at any step and resumed replays exactly the same computation.
+
+Under torchrun every process runs `train`: the model is wrapped in DistributedDataParallel (gloo on CPU,
+nccl on CUDA), each rank trains on a strided shard of the same epoch plan with `batch_size` images per
+process (global batch = batch_size x world size; the learning rate is not rescaled), and rank 0 alone
+locks and writes the run folder. Checkpoints also hold ranks 1.. RNG states, so resuming with the same
+world size is exact too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import cache, checkpoint, config as cfgmod
-from .config import TrainConfig
+from . import cache, checkpoint, config as cfgmod, distributed
+from .config import ConfigError, TrainConfig
 from .dataset import EpochPlan, SliceCache, iterate
 from .losses import make_loss
 from .model import build_model
@@ -24,10 +32,15 @@ from .rundir import RunDir, TrainingStopped
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
 
-def setup(cache_path: str | Path, cfg: TrainConfig, device: str = "auto") -> dict[str, Any]:
-    """Model, optimizer, scheduler, scaler, loss and data for a run (fresh state, seeded)."""
+def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device = "auto",
+          world_size: int = 1) -> dict[str, Any]:
+    """Model, optimizer, scheduler, scaler, loss and data for a run (fresh state, seeded).
+
+    Every rank seeds identically, so every rank builds the same initial weights. `world_size` > 1 sizes
+    the LR schedule for one rank's shard of each epoch and, with cfg.sync_bn, uses SyncBatchNorm.
+    """
     meta = cache.read_meta(cache_path)
-    dev = resolve_device(device)
+    dev = resolve_device(str(device))
     if dev.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(cfg.seed)
@@ -35,9 +48,15 @@ def setup(cache_path: str | Path, cfg: TrainConfig, device: str = "auto") -> dic
     model = build_model(C, K, cfg.base_channels, cfg.depth, cfg.dropout).to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world_size > 1:
+        # Same parameters and state_dict keys: checkpoints load into a plain model unchanged.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_data = SliceCache(cache_path, "train")
-    steps = cfg.epochs * len(EpochPlan.make(len(train_data), cfg.batch_size, cfg.seed, 0, augment=False))
+    if len(train_data) == 0:
+        raise cache.CacheError(f"{cache_path}: the train split holds no slices (nothing to train on)")
+    plan = EpochPlan.make(len(train_data), cfg.batch_size, cfg.seed, 0, augment=False).shard(0, world_size)
+    steps = cfg.epochs * len(plan)  # every rank runs len(plan) steps per epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if cfg.schedule == "cosine"
         else (lambda s: 1.0))
@@ -60,12 +79,13 @@ def run_identity(s: dict[str, Any], cfg: TrainConfig, world_size: int = 1) -> di
 def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimizer step; returns the loss as a detached tensor (no host sync)."""
     model, opt, scaler = s["model"], s["opt"], s["scaler"]
+    net = s.get("ddp", model)  # under torchrun, the DDP wrapper all-reduces the gradients in backward
     x = x.to(s["device"], non_blocking=True)
     y = y.to(s["device"], non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast_context(s["device"], s["precision"]):
-        logits = model(x)
+        logits = net(x)
     loss = s["loss_fn"](logits.float(), y)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -79,12 +99,20 @@ def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Te
 
 
 @torch.inference_mode()
-def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64) -> dict[str, float]:
-    """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold."""
+def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
+             d: distributed.Dist | None = None) -> dict[str, float]:
+    """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold.
+
+    Under torchrun each rank scores a disjoint shard (no padding) and the five sums are all-reduced, so
+    every rank gets the same numbers (and agrees on the best epoch). Call `distributed.broadcast_buffers`
+    first so all ranks evaluate rank 0's BatchNorm statistics.
+    """
     model, data = s["model"], s["val"]
     model.eval()
     tot, n, inter, psum, tsum = 0.0, 0, 0.0, 0.0, 0.0
     plan = EpochPlan.make(len(data), batch_size, 0, 0, shuffle=False, augment=False)
+    if d is not None:
+        plan = plan.shard(d.rank, d.world, pad=False)
     for x, y in iterate(data, plan):
         x, y = x.to(s["device"]), y.to(s["device"])
         with autocast_context(s["device"], s["precision"]):
@@ -97,28 +125,115 @@ def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64) -> dict[
         psum += float(pred.sum())
         tsum += float(y.sum())
     model.train()
+    if d is not None and d.enabled:
+        tot, n_, inter, psum, tsum = distributed.all_sum(d, [tot, n, inter, psum, tsum]).tolist()
+        n = int(n_)
     dice = 2 * inter / (psum + tsum) if psum + tsum > 0 else 1.0
     return {"val_loss": tot / n if n else float("nan"), "val_dice": dice}
+
+
+def _set_threads(cfg: TrainConfig, d: distributed.Dist, dev: torch.device) -> None:
+    if cfg.threads:
+        n = cfg.threads
+    elif d.enabled and dev.type == "cpu":
+        # torchrun sets OMP_NUM_THREADS=1 per process; share this node's cores among its processes instead.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = max(1, cores // d.local_world)
+    else:
+        n = torch.get_num_threads()
+    torch.set_num_threads(n)
+
+
+def _share_start(d: distributed.Dist, s: dict[str, Any], cfg: TrainConfig, st: dict[str, Any] | None) -> dict[str, Any]:
+    """Give every rank rank 0's starting state (fresh or resumed); returns this rank's `st`.
+
+    Only rank 0 reads the run folder, so the run folder need not be on a shared filesystem. Partial
+    epoch sums (loss_sum, seen) stay with rank 0, the others start them at zero: their all-reduce is
+    still the epoch's total.
+    """
+    sent = None
+    if d.is_rank0:
+        sent = distributed.to_cpu({"st": st, "model": s["model"].state_dict(), "opt": s["opt"].state_dict(),
+                                   "sched": s["sched"].state_dict(), "scaler": s["scaler"].state_dict()})
+    sent = distributed.broadcast_object(d, sent)
+    if d.is_rank0:
+        assert st is not None
+    else:
+        s["model"].load_state_dict(sent["model"])
+        s["opt"].load_state_dict(sent["opt"])
+        s["sched"].load_state_dict(sent["sched"])
+        s["scaler"].load_state_dict(sent["scaler"])
+        st = {**sent["st"], "loss_sum": torch.zeros((), dtype=torch.float64), "seen": 0}
+        rngs = st.get("rng_ranks") or []
+        if len(rngs) >= d.rank:
+            checkpoint.set_rng_state(rngs[d.rank - 1])
+        else:  # fresh run (or a checkpoint without them): distinct but reproducible dropout per rank
+            torch.manual_seed(distributed.rank_seed(cfg.seed, d.rank, st["epoch"], st["step"]))
+    return st
+
+
+def _save_point(d: distributed.Dist, run: RunDir, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any],
+                st: dict[str, Any], epoch: int) -> None:
+    """Mid-epoch checkpoint (on every rank at the same step; rank 0 writes it)."""
+    if not d.enabled:
+        run.check_finite(st, epoch)
+        run.save_latest(s, cfg, ident, st, epoch)
+        return
+    # Fold the partial sums into rank 0, so the checkpoint holds the whole job's; all ranks check them.
+    tot = distributed.all_sum(d, [st["loss_sum"], st["seen"]])
+    run.check_finite({**st, "loss_sum": tot[0]}, epoch)
+    zero = torch.zeros((), dtype=torch.float64)
+    st["loss_sum"] = (tot[0] if d.is_rank0 else zero).to(st["loss_sum"].device)
+    st["seen"] = int(tot[1]) if d.is_rank0 else 0
+    rngs = distributed.gather_objects(d, checkpoint.rng_state())
+    if d.is_rank0:
+        assert rngs is not None
+        run.save_latest(s, cfg, ident, st, epoch, {"rng_ranks": rngs[1:]})
 
 
 def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, device: str = "auto",
           num_workers: int = 0, restart: bool = False, log: Callable[[str], None] = print,
           progress: Any = None) -> list[dict[str, Any]]:
-    """Train (or resume) a run; returns the per-epoch history. See README "Training"."""
+    """Train (or resume) a run; returns the per-epoch history. See README "Training".
+
+    Under torchrun (RANK, WORLD_SIZE, ... set) every process calls this and gets the same history;
+    `log` and `progress` are used on rank 0 only.
+    """
+    d, dev = distributed.init(device)
+    try:
+        if d.enabled and cfg.sync_bn and dev.type != "cuda":
+            raise ConfigError("sync_bn: torch's SyncBatchNorm runs on CUDA only; use --no-sync-bn with --device cpu")
+        if not d.is_rank0:
+            log, progress = (lambda m: None), None
+        return _train(d, dev, cache_path, run_dir, cfg, num_workers, restart, log, progress)
+    finally:
+        distributed.cleanup(d)
+
+
+def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig,
+           num_workers: int, restart: bool, log: Callable[[str], None], progress: Any) -> list[dict[str, Any]]:
     run = RunDir(run_dir)
-    with run.lock():
-        torch.set_num_threads(cfg.threads or torch.get_num_threads())
-        s = setup(cache_path, cfg, device)
-        ident = run_identity(s, cfg)
-        st = run.start(ident, s, restart=restart, log=log)
+    with contextlib.ExitStack() as held:
+        distributed.on_rank0(d, lambda: held.enter_context(run.lock()))
+        _set_threads(cfg, d, dev)
+        s = setup(cache_path, cfg, dev, d.world)
+        ident = run_identity(s, cfg, d.world)
+        st = distributed.on_rank0(d, lambda: run.start(ident, s, restart=restart, log=log))
+        if d.enabled:
+            st = _share_start(d, s, cfg, st)
+            s["ddp"] = torch.nn.parallel.DistributedDataParallel(
+                s["model"], device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
+        assert st is not None
+        st.pop("rng_ranks", None)
         if st["epoch"] >= cfg.epochs:
             log(f"run {run.path} already finished ({cfg.epochs} epochs); nothing to do")
             return st["history"]
-        stop = {"signal": None}
+        stop: dict[str, Any] = {"signal": None}
         handlers = {sig: signal.signal(sig, lambda n, f: stop.update(signal=n)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for epoch in range(st["epoch"], cfg.epochs):
-                plan = EpochPlan.make(len(s["train"]), cfg.batch_size, cfg.seed, epoch, augment=cfg.augment)
+                plan = EpochPlan.make(len(s["train"]), cfg.batch_size, cfg.seed, epoch,
+                                      augment=cfg.augment).shard(d.rank, d.world)
                 t0, seen0 = time.perf_counter(), st["seen"]
                 for step, (x, y) in enumerate(iterate(s["train"], plan, st["step"], num_workers,
                                                       s["device"].type == "cuda"), start=st["step"]):
@@ -126,21 +241,34 @@ def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, devi
                     st["loss_sum"] = st["loss_sum"] + loss.double() * len(x)
                     st["seen"] += len(x)
                     st["step"] = step + 1
-                    if st["step"] % cfg.checkpoint_every == 0 or stop["signal"] is not None:
-                        run.check_finite(st, epoch)
-                        run.save_latest(s, cfg, ident, st, epoch)
-                    if stop["signal"] is not None:
-                        raise TrainingStopped(f"stopped by signal {stop['signal']} at epoch {epoch + 1}, step "
-                                              f"{st['step']}; checkpoint saved, run the same command to resume")
+                    # All ranks must stop at the same step (a tiny CPU all-reduce per step under torchrun).
+                    stopping = distributed.any_true(d, stop["signal"] is not None)
+                    if st["step"] % cfg.checkpoint_every == 0 or stopping:
+                        _save_point(d, run, s, cfg, ident, st, epoch)
+                    if stopping:
+                        raise TrainingStopped(f"stopped by signal {stop['signal'] or 'on another rank'} at epoch "
+                                              f"{epoch + 1}, step {st['step']}; checkpoint saved, run the same "
+                                              f"command to resume")
                     if progress is not None and st["step"] % 10 == 0:
-                        progress(epoch, st["step"], len(plan), float(st["loss_sum"]) / max(st["seen"], 1), cfg.batch_size)
-                run.check_finite(st, epoch)
+                        progress(epoch, st["step"], len(plan), float(st["loss_sum"]) / max(st["seen"], 1),
+                                 cfg.batch_size * d.world)
                 secs = time.perf_counter() - t0
-                row = {"epoch": epoch + 1, "train_loss": float(st["loss_sum"]) / max(st["seen"], 1),
-                       **validate(s, cfg), "lr": s["opt"].param_groups[0]["lr"], "seconds": round(secs, 2),
-                       "images_per_s": round((st["seen"] - seen0) / max(secs, 1e-9), 2)}
-                run.end_epoch(s, cfg, ident, st, row, log)
+                loss_sum, seen, done = st["loss_sum"], st["seen"], st["seen"] - seen0
+                if d.enabled:
+                    loss_sum, seen, done = distributed.all_sum(d, [loss_sum, seen, done]).tolist()
+                    distributed.broadcast_buffers(d, s["model"])
+                run.check_finite({**st, "loss_sum": torch.as_tensor(loss_sum)}, epoch)
+                row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1),
+                       **validate(s, cfg, d=d), "lr": s["opt"].param_groups[0]["lr"], "seconds": round(secs, 2),
+                       "images_per_s": round(done / max(secs, 1e-9), 2)}
+                rngs = distributed.gather_objects(d, checkpoint.rng_state()) if d.enabled else None
+                if d.is_rank0:
+                    run.end_epoch(s, cfg, ident, st, row, log, {"rng_ranks": rngs[1:]} if rngs else None)
+                else:  # what end_epoch does to `st`, without writing anything
+                    st["history"].append(row)
+                    st.update(epoch=row["epoch"], step=0, seen=0, loss_sum=torch.zeros((), dtype=torch.float64))
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+        distributed.barrier(d)  # return only once rank 0 has written the last epoch's files
         return st["history"]
