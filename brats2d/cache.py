@@ -16,6 +16,8 @@ Images and masks are stored contiguous and uncompressed so a reader can map them
 file with ``numpy.memmap`` at the dataset's offset: no copy, no HDF5 call per batch, and the OS page
 cache is shared between DataLoader workers. Writes go to a temporary file in the target folder that
 is renamed over the target only once complete, so a crash never leaves a file that looks finished.
+``read_meta`` (which every reader goes through) also checks the data checksums, once per process per
+file, so a damaged cache is an error naming the file, not silently wrong slices.
 """
 
 from __future__ import annotations
@@ -74,15 +76,36 @@ def _h5():
 def _open(path: Path):
     if not Path(path).exists():
         raise CacheError(f"{path}: no such cache file (run `brats2d preprocess` first)")
+    if Path(path).is_dir():
+        raise CacheError(f"{path}: is a folder, not a cache file")
     try:
         return _h5().File(path, "r")
     except OSError as e:
         raise CacheError(f"{path}: not a readable HDF5 cache ({e})") from None
 
 
+# Files whose data checksums this process has already checked: (path, device, inode, size, mtime_ns).
+_VERIFIED: set[tuple[str, int, int, int, int]] = set()
+
+
 def read_meta(path: str | Path) -> CacheMeta:
-    """Read and check the cache's attributes. Raises CacheError for a wrong format_version."""
+    """Read and check the cache's attributes, and (once per process per file) its data checksums.
+
+    Raises CacheError naming the file for a wrong format_version, missing parts or corrupt data.
+    """
     path = Path(path)
+    meta = _read_meta(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        # A flipped bit in the slices would otherwise be trained or scored on silently.
+        with _open(path) as f:
+            _check_data(path, f, require=False)
+        _VERIFIED.add(key)
+    return meta
+
+
+def _read_meta(path: Path) -> CacheMeta:
     with _open(path) as f:
         try:
             version = int(f.attrs["format_version"])
@@ -144,34 +167,56 @@ def open_arrays(path: str | Path, split: str) -> tuple[Any, Any]:
 def verify(path: str | Path) -> None:
     """Recompute every data checksum; raise CacheError naming the dataset that does not match."""
     path = Path(path)
-    read_meta(path)
+    _read_meta(path)
     with _open(path) as f:
-        for split in SPLITS:
-            for name in ("images", "masks"):
-                ds = f[split][name]
-                want = ds.attrs.get("sha256")
-                if want is None:
-                    raise CacheError(f"{path}:/{split}/{name} has no checksum; rebuild with --force")
-                h = hashlib.sha256()
-                for i in range(0, ds.shape[0], _BLOCK):
-                    h.update(np.ascontiguousarray(ds[i:i + _BLOCK]).tobytes())
-                if h.hexdigest() != want:
-                    raise CacheError(f"{path}:/{split}/{name} is corrupt (checksum mismatch); "
-                                     f"rebuild it with `brats2d preprocess --force`")
+        _check_data(path, f, require=True)
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temp folders left by writers to `path` that were killed (their pid no longer runs)."""
+def _check_data(path: Path, f: Any, require: bool) -> None:
+    """Compare every images/masks dataset with its stored sha256 (`require`: a missing one is an error)."""
+    for split in SPLITS:
+        for name in ("images", "masks"):
+            ds = f[split][name]
+            want = ds.attrs.get("sha256")
+            if want is None:
+                if not require:
+                    continue
+                raise CacheError(f"{path}:/{split}/{name} has no checksum; rebuild with --force")
+            h = hashlib.sha256()
+            for i in range(0, ds.shape[0], _BLOCK):
+                h.update(np.ascontiguousarray(ds[i:i + _BLOCK]).tobytes())
+            if h.hexdigest() != str(want):
+                raise CacheError(f"{path}:/{split}/{name} is corrupt (checksum mismatch); "
+                                 f"rebuild it with `brats2d preprocess --force`")
+
+
+def remove_stale_temps(path: str | Path) -> None:
+    """Delete temp files/folders `.<name>.<pid>.*` beside `path` left by writers that were killed
+    (their pid no longer runs); those of live writers are kept."""
     import shutil
 
+    path = Path(path)
     for d in path.parent.glob(f".{path.name}.*.*"):
         try:
             pid = int(d.name[len(path.name) + 2:].split(".")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (ValueError, PermissionError):
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OverflowError):
             continue
+
+
+_remove_stale_temps = remove_stale_temps
+
+
+def _why(e: BaseException) -> str:
+    """'disk full' for ENOSPC (however the layer below reported it), else the error's own words."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        return "disk full"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class CacheWriter:
@@ -183,18 +228,31 @@ class CacheWriter:
 
     def __init__(self, path: str | Path, image_shape: tuple[int, int, int], mask_channels: int, dtype: str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.image_shape, self.mask_channels, self.dtype = image_shape, mask_channels, np.dtype(dtype)
-        _remove_stale_temps(self.path)
-        self._dir = tempfile.mkdtemp(prefix=f".{self.path.name}.{os.getpid()}.", dir=self.path.parent)
-        self._raw = {s: {k: open(os.path.join(self._dir, f"{s}.{k}"), "wb") for k in ("images", "masks")} for s in SPLITS}
+        self._dir = ""
+        self._raw: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
         self._index: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.path)
+            self._dir = tempfile.mkdtemp(prefix=f".{self.path.name}.{os.getpid()}.", dir=self.path.parent)
+            for s in SPLITS:
+                for k in ("images", "masks"):
+                    self._raw[s][k] = open(os.path.join(self._dir, f"{s}.{k}"), "wb")
+        except OSError as e:
+            self.close()
+            raise CacheError(f"{self.path}: cannot create the cache or its temporary files beside it "
+                             f"({_why(e)})") from None
 
     def add(self, split: str, case: str, images: np.ndarray, masks: np.ndarray, slices: np.ndarray) -> None:
         """images (n, C, S, S) float, masks (n, K, S, S) 0/1, slices (n,) z indices of one patient."""
         assert images.shape[1:] == self.image_shape and masks.shape[1] == self.mask_channels
-        self._raw[split]["images"].write(np.ascontiguousarray(images, dtype=self.dtype).tobytes())
-        self._raw[split]["masks"].write(np.ascontiguousarray(masks, dtype=np.uint8).tobytes())
+        try:
+            self._raw[split]["images"].write(np.ascontiguousarray(images, dtype=self.dtype).tobytes())
+            self._raw[split]["masks"].write(np.ascontiguousarray(masks, dtype=np.uint8).tobytes())
+        except OSError as e:
+            self.close()
+            raise CacheError(f"{self.path}: could not write cache ({_why(e)}); the previous file is untouched") from None
         names, zs = self._index[split]
         names.extend([case] * len(slices))
         zs.extend(int(z) for z in slices)
@@ -217,9 +275,8 @@ class CacheWriter:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except OSError as e:
-            what = "disk full" if e.errno == errno.ENOSPC else str(e)
-            raise CacheError(f"{self.path}: could not write cache ({what}); the previous file is untouched") from None
+        except (OSError, RuntimeError) as e:  # h5py reports some failed writes/flushes as RuntimeError
+            raise CacheError(f"{self.path}: could not write cache ({_why(e)}); the previous file is untouched") from None
         finally:
             self.close()
 
@@ -248,8 +305,12 @@ class CacheWriter:
 
         for s in SPLITS:
             for fh in self._raw[s].values():
-                fh.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+                try:
+                    fh.close()
+                except OSError:  # a failed flush of buffered bytes (disk full): the file is removed below
+                    pass
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "CacheWriter":
         return self

@@ -3,7 +3,8 @@
 Everything in a checkpoint is a tensor, a number, a string, or a list/dict of those, so it loads with
 ``torch.load(weights_only=True)``: no pickle code runs. Configs are stored as JSON text and every RNG
 state as tensors. Files are written to a temp name, fsynced, and renamed: a crash or a full disk leaves
-the previous checkpoint untouched.
+the previous checkpoint untouched. Loading first checks the CRC-32 of every record of the zip (torch
+does not), so a flipped byte is an error naming the file rather than silently different weights.
 """
 
 from __future__ import annotations
@@ -24,21 +25,69 @@ class CheckpointError(Exception):
     """A checkpoint cannot be written, or is unsafe, truncated or corrupt; the message names the file."""
 
 
+class _Writer:
+    """A file wrapper that keeps the OSError of a failed write: torch.save given a plain file reports
+    a full disk as an unrelated "unexpected pos" RuntimeError."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, b: Any) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        return "disk full"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove `.<name>.<pid>.tmp` files of writers that were killed (their pid no longer runs)."""
+    for t in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            os.kill(int(t.name[len(path.name) + 2:-len(".tmp")]), 0)
+        except ProcessLookupError:
+            t.unlink(missing_ok=True)
+        except (ValueError, OSError, OverflowError):
+            continue
+
+
 def save(obj: dict[str, Any], path: str | Path) -> None:
     """Write `obj` atomically to `path` (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    w = None
     try:
+        _remove_stale_temps(path)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            w = _Writer(f)
+            torch.save(obj, w)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
-        no_space = isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e)
-        what = "disk full" if no_space else str(e)
+        what = _why(w.error if w is not None and w.error is not None else e)
         raise CheckpointError(f"{path}: could not write checkpoint ({what}); the previous one is untouched") from None
+
+
+def _check_zip(path: Path) -> None:
+    """torch's zip reader does not check the CRC-32 of each record; a flipped byte would load silently."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_why(e)})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in {bad})")
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -46,15 +95,22 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint")
+    if zipfile.is_zipfile(path):
+        _check_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = str(e)
+        if "GLOBAL" not in msg and "global" not in msg:  # garbage bytes, not a forbidden object
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (not a torch checkpoint)") from None
+        lines = [ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln]
         raise CheckpointError(f"{path}: refused: the file carries pickled Python objects that a weights-only "
-                              f"load will not execute ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"load will not execute ({lines[0] if lines else type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001  (an untrusted file can make the unpickler fail in any way)
+        first = str(e).splitlines()[0].split(". This is an internal")[0] if str(e) else ""
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {first})") from None
 
 
 def rng_state() -> dict[str, torch.Tensor]:

@@ -79,12 +79,29 @@ def evaluate_volumes(pred: Predictor, raw: str | Path, cases: list[str], thresho
     return out
 
 
+# Settings that change what the model sees; split, seed, empty_slices and dtype may differ (e.g. an eval-only cache).
+MUST_MATCH = ("modalities", "size", "region", "norm", "percentile")
+
+
+def check_cache_matches(pred: Predictor, cache_path: str | Path, split: str) -> None:
+    """CacheError naming the file when the cache was built with other input settings than the run's."""
+    from .cache import CacheError
+    from .config import to_dict
+
+    have, want = SliceCache(cache_path, split).meta.config, to_dict(pred.prep_cfg)
+    diff = [f"{k}: run {want.get(k)!r}, cache {have.get(k)!r}" for k in MUST_MATCH
+            if json.dumps(have.get(k)) != json.dumps(want.get(k))]
+    if diff:
+        raise CacheError(f"{cache_path}: built with other settings than run {pred.run_dir}: " + "; ".join(diff))
+
+
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", threshold: float = 0.5,
              cache_path: str | None = None, raw: str | Path | None = None, device: str = "auto",
              tta: bool = False, json_path: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it."""
     pred = load_predictor(run_dir, which, device)
     cache_path = cache_path or pred.cache_path
+    check_cache_matches(pred, cache_path, split)
     result: dict[str, Any] = {"run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold,
                               "tta": tta, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:

@@ -92,24 +92,45 @@ def discover(raw: str | Path) -> list[Patient]:
     return patients
 
 
+def _read_image(path: Path):
+    """The nibabel image of `path`; a .gz file is decompressed whole first.
+
+    nibabel reads only the bytes the header asks for and never the gzip trailer, so a flipped bit in
+    the compressed data or a cut-off end would load as silently different voxels; decompressing it
+    all checks the trailer's CRC-32 and length (EOFError / BadGzipFile / zlib.error on damage).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    if not path.name.endswith(".gz"):
+        return nib.load(str(path))
+    raw = gzip.decompress(path.read_bytes())
+    if not raw:
+        raise ValueError("empty file")
+    nifti2 = len(raw) >= 4 and 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
+
+
 def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read one 3D NIfTI fully into memory.
 
     Returns (data as stored, e.g. int16 (X, Y, Z); affine (4, 4) float64; voxel spacing in mm).
     Any decoding problem (truncated gzip, bad header, wrong dimensionality) is an InputError naming the file.
     """
-    import nibabel as nib
-
     try:
-        img = nib.load(str(path))
+        img = _read_image(Path(path))
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel, gzip, zlib and OSError all signal corruption differently
-        raise InputError(f"{path}: cannot read NIfTI ({type(e).__name__}: {e})") from None
+        why = " ".join(str(e).split())  # one line: some nibabel messages span several
+        raise InputError(f"{path}: cannot read NIfTI ({type(e).__name__}: {why})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InputError(f"{path}: invalid voxel spacing {zooms} (pixdim must be finite and > 0)")
     return data, np.asarray(img.affine, dtype=np.float64), zooms  # type: ignore[return-value]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import time
 import zlib
@@ -113,6 +116,7 @@ def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
     """Worker entry: a result, or the one-line reason the patient was skipped."""
     import torch
 
+    prev = torch.get_num_threads()
     torch.set_num_threads(1)  # one patient per core; intra-op threads would oversubscribe
     try:
         return process_patient(*args)
@@ -120,6 +124,8 @@ def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
         return str(e)
     except MemoryError:
         return f"{args[0].folder}: out of memory while processing"
+    finally:
+        torch.set_num_threads(prev)  # _work also runs in the caller's process (1 worker); leave it as it was
 
 
 def _results(todo: list[Patient], cfg: PreprocessConfig, workers: int) -> Iterator[PatientSlices | str]:
@@ -151,7 +157,8 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
     """Build the cache `out` from the BraTS folder `raw`. See the module and README for the layout.
 
     Bad patients are skipped with a reason (or abort everything with `strict`); the cache appears at
-    `out` only when complete. `on_patient(case)` is called after each patient (progress display).
+    `out` only when complete. A second preprocess to the same `out` while this one runs is refused
+    (PreprocessError). `on_patient(case)` is called after each patient (progress display).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -159,48 +166,57 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
     source = {p.case: p.identity() for p in patients}
     summary = Summary(out=out)
     config = to_dict(cfg)
-    if out.exists() and not force:
-        try:
-            meta = cache.read_meta(out)
-            if meta.config == config and meta.source == source:
-                summary.up_to_date = True
-                return summary
-        except cache.CacheError:
-            pass  # an unreadable or old cache is simply rebuilt
-    if splits_file is not None:
-        splits = load_splits(splits_file)
-        known = {c for s in splits.values() for c in s}
-        summary.skipped += [(p.case, "not listed in the splits file") for p in patients if p.case not in known]
-        patients = [p for p in patients if p.case in known]
-    else:
-        splits = split_patients([p.case for p in patients], cfg.split, cfg.seed)
-    split_of = {c: s for s, cases in splits.items() for c in cases}
-    C = len(cfg.modalities)
-    stats = {s: {"patients": 0, "slices": 0, "tumour_pixels": 0} for s in cache.SPLITS}
-    info: dict[str, dict[str, Any]] = {}
-    with cache.CacheWriter(out, (C, cfg.size, cfg.size), cfg.out_channels, cfg.dtype) as writer:
-        for p, res in zip(patients, _results(patients, cfg, workers or default_workers())):
-            if isinstance(res, str):
-                summary.skipped.append((p.case, res))
-                if strict:
-                    raise PreprocessError(f"--strict: {res}")
-            else:
-                split = split_of[p.case]
-                writer.add(split, p.case, res.images, res.masks, res.slices)
-                st = stats[split]
-                st["patients"] += 1
-                st["slices"] += len(res.slices)
-                st["tumour_pixels"] += int(res.masks[:, 0].sum())
-                info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
-                                "n_slices": len(res.slices)}
-            if on_patient:
-                on_patient(p.case)
-        if not info:
-            raise PreprocessError(f"{raw}: no usable patient ({len(summary.skipped)} skipped)")
-        used = {s: [c for c in splits[s] if c in info] for s in cache.SPLITS}
-        writer.finish({"config": config, "source": source, "patients": info, "splits": used})
-    save_splits(splits, splits_path(out))
-    _write_atomic(config_path(out), _json(config))
+    with _exclusive(out):
+        for path in (out, splits_path(out), config_path(out)):
+            cache.remove_stale_temps(path)  # temp files of a run killed while writing (even if up to date now)
+        if splits_file is not None:
+            splits = load_splits(splits_file)
+            known = {c for s in splits.values() for c in s}
+            summary.skipped += [(p.case, "not listed in the splits file") for p in patients if p.case not in known]
+            patients = [p for p in patients if p.case in known]
+        else:
+            splits = split_patients([p.case for p in patients], cfg.split, cfg.seed)
+            if not splits["train"]:
+                raise PreprocessError(f"split {cfg.split}: with {len(patients)} patient(s) the train split is empty")
+        if out.exists() and not force:
+            try:
+                meta = cache.read_meta(out)
+                planned = {c for cases in splits.values() for c in cases}
+                same_split = set(meta.patients) <= planned and meta.splits == {
+                    s: [c for c in splits[s] if c in meta.patients] for s in cache.SPLITS}
+                if meta.config == config and meta.source == source and same_split:
+                    # A run killed after renaming the cache may have left old or no sidecars.
+                    _write_sidecars(out, splits, config)
+                    summary.up_to_date = True
+                    return summary
+            except cache.CacheError:
+                pass  # an unreadable, corrupt or old cache is simply rebuilt
+        split_of = {c: s for s, cases in splits.items() for c in cases}
+        C = len(cfg.modalities)
+        stats = {s: {"patients": 0, "slices": 0, "tumour_pixels": 0} for s in cache.SPLITS}
+        info: dict[str, dict[str, Any]] = {}
+        with cache.CacheWriter(out, (C, cfg.size, cfg.size), cfg.out_channels, cfg.dtype) as writer:
+            for p, res in zip(patients, _results(patients, cfg, workers or default_workers())):
+                if isinstance(res, str):
+                    summary.skipped.append((p.case, res))
+                    if strict:
+                        raise PreprocessError(f"--strict: {res}")
+                else:
+                    split = split_of[p.case]
+                    writer.add(split, p.case, res.images, res.masks, res.slices)
+                    st = stats[split]
+                    st["patients"] += 1
+                    st["slices"] += len(res.slices)
+                    st["tumour_pixels"] += int(res.masks[:, 0].sum())
+                    info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
+                                    "n_slices": len(res.slices)}
+                if on_patient:
+                    on_patient(p.case)
+            if not info:
+                raise PreprocessError(f"{raw}: no usable patient ({len(summary.skipped)} skipped)")
+            used = {s: [c for c in splits[s] if c in info] for s in cache.SPLITS}
+            writer.finish({"config": config, "source": source, "patients": info, "splits": used})
+        _write_sidecars(out, splits, config)
     summary.seconds = time.perf_counter() - t0
     for s, st in stats.items():
         pix = st["slices"] * cfg.size * cfg.size
@@ -217,8 +233,73 @@ def _json(d: dict[str, Any]) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PreprocessError(f"{path}: could not write ({'disk full' if e.errno == errno.ENOSPC else e})") from None
+
+
+def _write_sidecars(out: Path, splits: dict[str, list[str]], config: dict[str, Any]) -> None:
+    """splits.json and config.json beside the cache, each rewritten only when missing or different."""
+    want_splits = {s: splits[s] for s in cache.SPLITS}
+    try:
+        current = load_splits(splits_path(out))
+    except ValueError:
+        current = None
+    if current != want_splits:
+        save_splits(want_splits, splits_path(out))
+    cp = config_path(out)
+    text = _json(config)
+    if not cp.is_file() or cp.read_text(errors="replace") != text:
+        _write_atomic(cp, text)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold `.<name>.lock` beside the cache (flock): a second preprocess to the same file is refused.
+
+    The OS drops the lock when its holder dies, even by SIGKILL. The file is removed on release (while
+    still locked); a waiter that locked the removed file notices the inode changed and tries again.
+    """
+    lock = out.with_name(f".{out.name}.lock")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreprocessError(f"{out}: cannot create its folder ({e.strerror or e})") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                yield  # a read-only folder: nobody can write the cache there; an up-to-date check still works
+                return
+            raise PreprocessError(f"{out}: cannot create the lock file {lock.name} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PreprocessError(f"{out}: another brats2d preprocess (pid {holder}) is writing this cache; "
+                                  f"wait for it to finish or choose another --out") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass  # the pid is only for the message of a refused second run
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def splits_path(cache_path: str | Path) -> Path:

@@ -17,6 +17,8 @@ def split_patients(cases: list[str], fractions: tuple[float, float, float], seed
     Sizes are rounded (val and test get round(f*n), train the rest), so 34 patients at 0.7/0.15/0.15
     give 24/5/5. The result depends only on the set of names and the seed, not on their order.
     """
+    if seed < 0:
+        raise ValueError(f"seed: must be >= 0, got {seed}")
     names = sorted(cases)
     order = np.random.default_rng(seed).permutation(len(names))
     n = len(names)
@@ -59,5 +61,9 @@ def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:
     """Write splits atomically (temp file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({s: splits[s] for s in SPLITS}, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({s: splits[s] for s in SPLITS}, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{path}: could not write splits file ({e.strerror or e})") from None
