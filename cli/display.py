@@ -98,3 +98,35 @@ def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> No
     c.print(t)
     for e in errors:
         c.print(f"[red]skipped:[/] {e}", highlight=False)
+
+
+def crossval_table(summary: dict[str, Any]) -> None:
+    """Per-fold and overall table of a cross-validation summary (brats2d.crossval.summarize)."""
+    c = console()
+    for region, r in summary["regions"].items():
+        t = Table(title=f"{summary['folds']}-fold cross-validation, recipe {summary['recipe']}, region {region} "
+                        f"(3D Dice/HD95 per patient on whole volumes; pooled Dice on tumour slices)")
+        for col in ("fold", "patients", "Dice mean", "Dice median", "Dice min", "HD95 median mm",
+                    "pooled slice Dice", "train min"):
+            t.add_column(col, justify="left" if col == "fold" else "right")
+        for f in r["per_fold"]:
+            t.add_row(str(f["fold"]), str(f["patients"]), _fmt(f["dice_mean"]), _fmt(f["dice_median"]),
+                      _fmt(f["dice_min"]), _fmt(f["hd95_median"]), _fmt(f["pooled_slice_dice"]), f"{f['train_minutes']:.1f}",
+                      end_section=f is r["per_fold"][-1])
+        d, fd, h, ps = r["dice"], r["fold_dice"], r["hd95"], r["pooled_slice_dice"]
+        t.add_row("all", str(len(r["per_patient"])), f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}", _fmt(d["median"]),
+                  _fmt(d["min"]), _fmt(h["median"]), f"{_fmt(ps['mean'])} ± {_fmt(ps['sd'])}",
+                  f"{sum(f['train_minutes'] for f in r['per_fold']):.1f}")
+        c.print(t)
+        w = r["worst"]
+        c.print(f"per-patient 3D Dice {_fmt(d['mean'])} ± {_fmt(d['sd'])} over {len(r['per_patient'])} held-out "
+                f"patients; fold means {_fmt(fd['mean'])} ± {_fmt(fd['sd'])}; worst {w['patient']} "
+                f"(fold {w['fold']}) {_fmt(w['dice'])}" + (f"; {h['infinite']} empty prediction(s) (HD95 inf)"
+                                                            if h["infinite"] else ""), highlight=False)
+    if summary["excluded"]:
+        c.print(f"seed test patients excluded from CV ({len(summary['excluded'])}): {', '.join(summary['excluded'])}",
+                highlight=False)
+    if summary["missing"]:
+        c.print(f"[yellow]folds not finished yet: {', '.join(map(str, summary['missing']))}[/] "
+                "(run the same command, or --fold N, to finish them)")
+    c.print(f"wrote {summary['out']}/cv_summary.json")

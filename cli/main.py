@@ -24,7 +24,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from brats2d.rundir import NumericalError, RunError
 
     return (ConfigError, CacheError, CheckpointError, InputError, PreprocessError, RunError, NumericalError,
-            ValueError, FileNotFoundError)
+            ValueError, OSError)  # OSError: a path that is not a folder, a full disk, no permission
 
 
 class Group(click.Group):
@@ -53,6 +53,20 @@ def _floats(n: int | None = None) -> Callable[[Any, Any, str], tuple[float, ...]
             raise click.BadParameter(f"expected {n} comma-separated numbers, got {value!r}")
         return out
     return parse
+
+
+def _device(ctx: Any, param: Any, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
+        raise click.BadParameter(f"{value!r} (choose from auto, cpu, cuda, cuda:N)")
+    return value.strip()
+
+
+def _threshold(ctx: Any, param: Any, value: float | None) -> float | None:
+    if value is not None and not 0.0 < value < 1.0:  # also refuses nan
+        raise click.BadParameter(f"must be in (0, 1), got {value}")
+    return value
 
 
 def _names(ctx: Any, param: Any, value: str) -> tuple[str, ...]:
@@ -112,13 +126,17 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
 @click.option("--strict", is_flag=True, help="any bad patient is fatal (no cache written)")
-def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, splits_file: str | None, **kw: Any) -> None:
+@click.option("--recipe", type=click.Choice(["seed", "brats2d"]), default=None,
+              help="preset settings (explicit options still win); see README Results")
+def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, splits_file: str | None,
+               recipe: str | None, **kw: Any) -> None:
     """Turn a raw BraTS folder into the HDF5 slice cache."""
     from .display import preprocess_summary, progress_bar
     from brats2d.nifti import discover
     from brats2d.preprocess import preprocess as run
+    from brats2d.recipes import apply_recipe
 
-    cfg = PreprocessConfig(**kw)
+    cfg = PreprocessConfig(**apply_recipe(recipe, kw, click.get_current_context(), "preprocess"))
     n = len(discover(raw))
     with progress_bar("preprocess", n) as advance:
         summary = run(raw, out, cfg, workers=workers, splits_file=splits_file, force=force, strict=strict,
@@ -131,7 +149,7 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 @cli.command()
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, type=click.Path())
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="start over instead of resuming")
 @click.option("--recipe", type=click.Choice(["seed", "brats2d"]), default=None,
@@ -152,11 +170,11 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
-@click.option("--threshold", type=float, default=None, help="default: the run's threshold")
+@click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--cache", default=None, help="default: the cache the run was trained on")
 @click.option("--raw", type=click.Path(exists=True, file_okay=False), help="also score whole volumes from this raw folder")
 @click.option("--tta", is_flag=True, help="test-time augmentation (8 flips/rotations averaged)")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", callback=_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
              tta: bool, device: str, json_path: str | None) -> None:
@@ -176,12 +194,12 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
-@click.option("--threshold", type=float, default=None, help="default: the run's threshold")
+@click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
 @click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
 @click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", callback=_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, threshold: float | None,
             probabilities: bool, tta: bool, mc_dropout: int, min_size: int, device: str) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space."""
@@ -204,7 +222,7 @@ def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, th
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--uncertainty", is_flag=True, help="add a TTA uncertainty column to overlays.png")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", callback=_device, show_default=True)
 def report(run_dir: str, split: str, uncertainty: bool, device: str) -> None:
     """Write curves.png and overlays.png for a run."""
     from brats2d.report import report as run
@@ -228,6 +246,55 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 
     run_demo(out, seed=seed, patients=patients, epochs=epochs, shape=tuple(int(s) for s in shape),
              base_channels=base_channels, size=size, echo=console().print)
+
+
+from brats2d.recipes import PREDICT_DEFAULTS, RECIPES  # noqa: E402  (light module: no heavy imports)
+
+
+@cli.command()
+@click.argument("raw", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="default: runs/crossval-<recipe>")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--seed", type=int, default=P.seed, show_default=True, help="seeds the fold assignment")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="seed", show_default=True,
+              help="preset settings for preprocess, train and predict (explicit options still win)")
+@click.option("--include-test", is_flag=True, help="also use the seed split's test patients (excluded by default)")
+@click.option("--fold", type=click.IntRange(0), default=None, help="run only fold N (0-based), e.g. one per machine")
+@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--workers", type=click.IntRange(0), default=0, help="preprocess processes (default: all cores)")
+@click.option("--restart", is_flag=True, help="start the selected folds over (also accepts changed settings in OUT)")
+@click.option("--modalities", callback=_names, default=",".join(P.modalities), show_default=True,
+              help="comma list of flair,t1,t1ce,t2")
+@click.option("--size", type=int, default=P.size, show_default=True)
+@click.option("--region", type=click.Choice(["wt", "tc", "et", "all"]), default=P.region, show_default=True)
+@click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True,
+              help="fraction of tumour-free brain slices kept")
+@click.option("--norm", type=click.Choice(["minmax", "percentile"]), default=P.norm, show_default=True)
+@click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
+              help="predict: drop 3D components smaller than this (voxels)")
+@click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")
+@config_options(TrainConfig, skip=("seed",))
+def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, include_test: bool, fold: int | None,
+             device: str, workers: int, restart: bool, **kw: Any) -> None:
+    """Patient-level k-fold cross-validation of a recipe on a raw BraTS folder, scored on whole volumes.
+
+    The seed split's test patients stay out (unless --include-test); finished folds are skipped and a
+    killed fold resumes when the same command is run again. Option defaults shown are the seed
+    protocol's; a recipe's values replace them unless the option is given.
+    """
+    from .display import crossval_table, train_progress
+    from brats2d.crossval import crossval as run
+    from brats2d.recipes import apply_recipe
+
+    ctx = click.get_current_context()
+    names = {"preprocess": {f.name for f in dataclasses.fields(PreprocessConfig)},
+             "train": {f.name for f in dataclasses.fields(TrainConfig)}, "predict": set(PREDICT_DEFAULTS)}
+    overrides = {stage: apply_recipe(recipe, {k: v for k, v in kw.items() if k in keys}, ctx, stage)
+                 for stage, keys in names.items()}
+    with train_progress() as (log, progress):
+        summary = run(raw, out, folds=folds, seed=seed, recipe=recipe, overrides=overrides, include_test=include_test,
+                      fold=fold, device=device, workers=workers, restart=restart, log=log, progress=progress)
+    crossval_table(summary)
 
 
 if __name__ == "__main__":

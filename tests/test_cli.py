@@ -45,6 +45,6 @@ def test_readme_pipeline_through_the_cli(tmp_path: Path) -> None:
 def test_python_dash_m_and_console_help() -> None:
     res = subprocess.run([sys.executable, "-m", "brats2d", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
-    for cmd in ("synth", "preprocess", "train", "eval", "predict", "report", "demo"):
+    for cmd in ("synth", "preprocess", "train", "eval", "predict", "report", "demo", "crossval"):
         assert cmd in res.stdout
     assert "Not for clinical use" in " ".join(res.stdout.split())

@@ -1,0 +1,231 @@
+"""`brats2d crossval`: patient-level k-fold cross-validation, scored on whole volumes.
+
+Protocol (honest by construction):
+
+* The seed split's test patients -- ``split_patients(cases, pcfg.split, pcfg.seed)["test"]``, exactly the
+  patients ``brats2d preprocess`` with these settings holds out (5 of 34 at 70/15/15, seed 42) -- are
+  excluded unless ``include_test``, so choices made from CV never see them. They are not even read.
+* The remaining patients are cut into k folds with ``kfold(cases, k, seed)``. Fold i holds out
+  ``folds[i]``. From the other patients a validation set (best-epoch selection only) of
+  ``max(1, round(v / (t + v) * n))`` patients is drawn by a shuffle seeded with ``[seed, i]`` -- the
+  seed protocol's share of val among non-test patients (15/85: 4 of 23 at 5 folds of 29) -- and the
+  rest train. (A whole neighbouring fold as validation would leave 2-fold CV no training patients
+  and cost 5-fold CV a fifth of its training data.)
+* Each fold gets its own cache (preprocess with a splits file {train, val, test = held-out}), its own
+  run, and two scores: whole volumes -- every axial slice of each held-out patient from the raw NIfTI
+  through the predict path with the recipe's ``min_size``/``tta``, per-patient 3D Dice and HD95 at
+  native resolution -- and the seed's metric, pooled Dice over the held-out patients' cached slices.
+  Patients that preprocess skips (unreadable, no tumour) are listed in metrics.json "skipped", unscored.
+
+Layout: ``OUT/crossval.json`` (recipe, every setting, folds and patient lists), ``OUT/fold{i}/``
+(``splits.json``, ``cache.h5``, ``run/``, ``metrics.json``) and ``OUT/cv_summary.json``.
+
+Resumable: a fold whose metrics.json records the same settings is skipped; a killed fold resumes
+(an up-to-date cache is reused, training resumes from its checkpoint). An OUT made with another plan
+is refused unless ``restart`` (which starts the selected folds over), so an ablation never mixes
+with earlier folds. ``fold=i`` runs one fold: folds can run on different machines and their
+``fold{i}`` folders be copied into one OUT; a rerun there then only summarizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import ConfigError, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
+from .recipes import predict_settings, recipe as recipe_stage
+from .splits import kfold, load_splits, save_splits, split_patients
+
+PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
+STAGES = ("preprocess", "train", "predict")
+
+
+class CrossvalError(ValueError):
+    """The cross-validation cannot run as asked; the message says why and what to do."""
+
+
+def settings(recipe: str | None, overrides: dict[str, dict[str, Any]] | None = None
+             ) -> tuple[PreprocessConfig, TrainConfig, dict[str, Any]]:
+    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage]."""
+    ov = overrides or {}
+    if set(ov) - set(STAGES):
+        raise ConfigError(f"overrides: unknown stage(s) {', '.join(sorted(set(ov) - set(STAGES)))}")
+    pcfg = from_dict(PreprocessConfig, {**recipe_stage(recipe, "preprocess"), **ov.get("preprocess", {})})
+    tcfg = from_dict(TrainConfig, {**recipe_stage(recipe, "train"), **ov.get("train", {})})
+    return pcfg, tcfg, predict_settings(recipe, ov.get("predict"))
+
+
+def make_folds(cases: list[str], folds: int, seed: int, pcfg: PreprocessConfig,
+               include_test: bool = False) -> dict[str, Any]:
+    """{"excluded": seed test patients (or []), "splits": per fold {train, val, test = held-out}}."""
+    excluded = [] if include_test else split_patients(cases, pcfg.split, pcfg.seed)["test"]
+    pool = sorted(set(cases) - set(excluded))
+    if not 2 <= folds <= len(pool):
+        raise CrossvalError(f"folds: need 2 <= folds <= {len(pool)} (patients available to CV"
+                            f"{'' if include_test else f' after excluding {len(excluded)} seed test patients'}), got {folds}")
+    share = pcfg.split[1] / (pcfg.split[0] + pcfg.split[1])
+    out = []
+    for i, held in enumerate(kfold(pool, folds, seed)):
+        rest = sorted(set(pool) - set(held))
+        if len(rest) < 2:
+            raise CrossvalError(f"fold {i}: {len(rest)} patient(s) outside the held-out fold; need >= 2 (train and val)")
+        n_val = min(len(rest) - 1, max(1, int(round(share * len(rest)))))
+        order = np.random.default_rng([seed, i]).permutation(len(rest))
+        val = sorted(rest[j] for j in order[:n_val])
+        out.append({"train": sorted(set(rest) - set(val)), "val": val, "test": held})
+    return {"excluded": excluded, "splits": out}
+
+
+def fold_settings(plan: dict[str, Any], i: int) -> dict[str, Any]:
+    """What a fold's metrics.json must record for the fold to count as finished for `plan`."""
+    keep = ("recipe", "folds", "seed", "include_test", "preprocess", "train", "predict")
+    return {**{k: plan[k] for k in keep}, "fold": i, "splits": plan["splits"][i]}
+
+
+def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, seed: int = 42,
+             recipe: str | None = "seed", overrides: dict[str, dict[str, Any]] | None = None,
+             include_test: bool = False, fold: int | None = None, device: str = "auto", workers: int = 0,
+             restart: bool = False, log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
+    """Run (or resume) the folds of a cross-validation and return the summary (see the module docstring)."""
+    from .nifti import discover
+
+    pcfg, tcfg, pred = settings(recipe, overrides)
+    out = Path(out) if out is not None else Path(f"runs/crossval-{recipe or 'seed'}")
+    cases = [p.case for p in discover(raw)]
+    if fold is not None and not 0 <= fold < folds:
+        raise CrossvalError(f"fold: {fold} is outside 0..{folds - 1}")
+    plan = json.loads(json.dumps({
+        "recipe": recipe, "raw": str(Path(raw).resolve()), "folds": folds, "seed": seed,
+        "include_test": include_test, "patients": sorted(cases), "preprocess": to_dict(pcfg),
+        "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
+    old = _read(out / PLAN)
+    if old is not None and not restart:
+        changes = diff(_flat({**old, "raw": None}), _flat({**plan, "raw": None}))
+        if changes:
+            raise CrossvalError(f"{out} holds a cross-validation with other settings; use another --out or --restart. "
+                                "Differences (there -> now):\n  " + "\n  ".join(c if len(c) < 160 else
+                                                                                 c.split(":")[0] + ": changed" for c in changes))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / PLAN, plan)
+    for i in [fold] if fold is not None else range(folds):
+        run_fold(raw, out, plan, i, device=device, workers=workers, restart=restart, log=log, progress=progress)
+    return summarize(out)
+
+
+def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device: str = "auto", workers: int = 0,
+             restart: bool = False, log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
+    """Preprocess, train and score fold `i` of `plan` into out/fold{i}; returns its metrics."""
+    from .cache import read_meta
+    from .evaluate import evaluate_cache, evaluate_volumes
+    from .inference import load_predictor
+    from .preprocess import preprocess, splits_path
+    from .train import train
+
+    d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
+    done = _read(d / METRICS)
+    if done is not None and done.get("settings") == ident and not restart:
+        log(f"fold {i} ({i + 1} of {k}): finished earlier ({d / METRICS}); skipped")
+        return done
+    splits = plan["splits"][i]
+    pcfg, tcfg = from_dict(PreprocessConfig, plan["preprocess"]), from_dict(TrainConfig, plan["train"])
+    d.mkdir(parents=True, exist_ok=True)
+    save_splits(splits, d / "splits.json")
+    cache_path = d / "cache.h5"
+    try:  # preprocess's up-to-date check looks at settings and inputs, not at the split
+        stale = cache_path.exists() and load_splits(splits_path(cache_path)) != splits
+    except ValueError:
+        stale = True
+    log(f"fold {i} ({i + 1} of {k}): {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} "
+        f"held-out patients -> {d}")
+    t0 = time.perf_counter()
+    preprocess(raw, cache_path, pcfg, workers=workers, splits_file=d / "splits.json", force=stale)
+    t1 = time.perf_counter()
+    history = train(cache_path, d / "run", tcfg, device=device, restart=restart, log=log, progress=progress)
+    t2 = time.perf_counter()
+    meta = read_meta(cache_path)
+    held = meta.splits["test"]
+    predictor, tta = load_predictor(d / "run", "best", device), bool(plan["predict"]["tta"])
+    volume = evaluate_volumes(predictor, raw, held, tcfg.threshold, tta=tta, min_size=int(plan["predict"]["min_size"]))
+    slices = evaluate_cache(predictor, str(cache_path), "test", tcfg.threshold, tta=tta)
+    t3 = time.perf_counter()
+    listed = [c for s in splits.values() for c in s]
+    metrics = {
+        "settings": ident, "fold": i, "cache": str(cache_path), "run_dir": str(d / "run"),
+        "patients": {s: meta.splits[s] for s in ("train", "val", "test")},
+        "skipped": sorted(set(listed) - set(meta.patients)), "volume": volume,
+        "slices": {r: {key: v[key] for key in ("pooled", "per_slice_mean", "per_patient_dice", "counts")}
+                   for r, v in slices.items()},
+        "train_minutes": sum(h["seconds"] for h in history) / 60, "history": history,
+        "seconds": {"preprocess": round(t1 - t0, 2), "train": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)}}
+    _write_json(d / METRICS, metrics)
+    for region, v in volume.items():
+        log(f"fold {i} ({i + 1} of {k}): {region} whole-volume 3D Dice mean {v['per_patient_dice']['mean']:.4f} "
+            f"over {len(held)} patients; pooled slice Dice {slices[region]['pooled']['dice']:.4f}")
+    return metrics
+
+
+def summarize(out: str | Path) -> dict[str, Any]:
+    """Collect the finished folds of `out` into cv_summary.json (written atomically) and return it."""
+    from .evaluate import _describe
+
+    out = Path(out)
+    plan = _read(out / PLAN)
+    if plan is None:
+        raise CrossvalError(f"{out}: no {PLAN} (not a cross-validation folder)")
+    fold_metrics, missing = [], []
+    for i in range(plan["folds"]):
+        m = _read(out / f"fold{i}" / METRICS)
+        if m is not None and m.get("settings") == fold_settings(plan, i):
+            fold_metrics.append(m)
+        else:
+            missing.append(i)
+    regions: dict[str, Any] = {}
+    for m in fold_metrics:
+        for region, v in m["volume"].items():
+            r = regions.setdefault(region, {"per_fold": [], "per_patient": []})
+            rows = [{"patient": p["patient"], "fold": m["fold"], "dice": p["dice"], "hd95": p["hd95"]}
+                    for p in v["per_patient"]]
+            r["per_patient"] += rows
+            d = v["per_patient_dice"]
+            r["per_fold"].append({
+                "fold": m["fold"], "patients": len(rows), "dice_mean": d["mean"], "dice_median": d["median"],
+                "dice_min": d["min"], "hd95_median": v["per_patient_hd95"]["median"],
+                "pooled_slice_dice": m["slices"][region]["pooled"]["dice"], "train_minutes": m["train_minutes"]})
+    for r in regions.values():
+        pp = r["per_patient"]
+        r["dice"] = _describe([p["dice"] for p in pp])
+        r["hd95"] = {**_describe([p["hd95"] for p in pp]), "infinite": sum(not np.isfinite(p["hd95"]) for p in pp)}
+        r["fold_dice"] = _describe([f["dice_mean"] for f in r["per_fold"]])
+        r["pooled_slice_dice"] = _describe([f["pooled_slice_dice"] for f in r["per_fold"]])
+        r["worst"] = min(pp, key=lambda p: p["dice"]) if pp else None
+    summary = {"out": str(out), "recipe": plan["recipe"], "folds": plan["folds"], "include_test": plan["include_test"],
+               "excluded": plan["excluded"], "finished": [m["fold"] for m in fold_metrics], "missing": missing,
+               "complete": not missing, "train_minutes": sum(m["train_minutes"] for m in fold_metrics),
+               "regions": regions}
+    _write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    return out
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    os.replace(tmp, path)

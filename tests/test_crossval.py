@@ -1,0 +1,134 @@
+"""crossval: honest folds (seed test excluded, held-out never trained on), whole-volume scores, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from brats2d import cache
+from brats2d.cli.main import cli
+from brats2d.config import PreprocessConfig
+from brats2d.crossval import CrossvalError, crossval, make_folds, settings
+from brats2d.nifti import discover
+from brats2d.splits import split_patients
+
+from .conftest import SIZE, TINY
+
+TRAIN = {**TINY, "epochs": 3, "lr": 3e-3}  # enough to score above 0, so the averages are checked on real numbers
+OVERRIDES = {"preprocess": {"size": SIZE}, "train": TRAIN}
+CLI_TINY = ["--size", str(SIZE), "--epochs", "3", "--lr", "3e-3", "--base-channels", "4", "--depth", "2", "--batch-size", "4",
+            "--checkpoint-every", "3", "--threads", "1", "--precision", "fp32", "--workers", "1", "--device", "cpu"]
+
+
+def _cases(raw: Path) -> list[str]:
+    return [p.case for p in discover(raw)]
+
+
+def test_folds_exclude_seed_test_and_partition() -> None:
+    cases = [f"P{i:03d}" for i in range(34)]
+    pcfg = PreprocessConfig()
+    plan = make_folds(cases, 5, 42, pcfg)
+    seed_test = split_patients(cases, (0.7, 0.15, 0.15), 42)["test"]
+    assert plan["excluded"] == seed_test and len(seed_test) == 5
+    held = [s["test"] for s in plan["splits"]]
+    assert sorted(c for h in held for c in h) == sorted(set(cases) - set(seed_test))  # each patient held out once
+    for s in plan["splits"]:
+        parts = [set(s["train"]), set(s["val"]), set(s["test"])]
+        assert sum(map(len, parts)) == len(set.union(*parts)) == 29  # disjoint, cover the CV pool
+        assert not set(seed_test) & set.union(*parts)
+        assert len(s["val"]) == 4  # the seed's val share of non-test patients: round(15/85 * 23)
+    everyone = make_folds(cases, 5, 42, pcfg, include_test=True)
+    assert everyone["excluded"] == [] and sorted(c for s in everyone["splits"] for c in s["test"]) == cases
+    with pytest.raises(CrossvalError, match="folds"):
+        make_folds(cases[:3], 4, 42, pcfg)
+
+
+def test_recipe_settings_and_explicit_overrides() -> None:
+    p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
+    assert (p.norm, p.empty_slices, t.loss, t.schedule, t.epochs) == ("percentile", 0.3, "bce", "cosine", 3)
+    assert pred == {"min_size": 100, "tta": True}
+    assert settings("seed")[2] == {"min_size": 0, "tta": False}
+
+
+@pytest.fixture(scope="module")
+def cv(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cv") / "out"
+    summary = crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides=OVERRIDES, include_test=True,
+                       device="cpu", workers=1, log=lambda m: None)
+    return out, summary
+
+
+def test_crossval_scores_every_patient_once_without_leaks(cv: tuple[Path, dict], raw_dir: Path) -> None:
+    out, summary = cv
+    cases = _cases(raw_dir)
+    assert summary["complete"] and summary["finished"] == [0, 1, 2] and summary["excluded"] == []
+    wt = summary["regions"]["wt"]
+    assert sorted(p["patient"] for p in wt["per_patient"]) == sorted(cases)
+    plan = json.loads((out / "crossval.json").read_text())
+    assert plan["recipe"] == "seed" and plan["train"]["epochs"] == 3 and plan["preprocess"]["size"] == SIZE
+    seen: set[str] = set()
+    for i in range(3):
+        m = json.loads((out / f"fold{i}" / "metrics.json").read_text())
+        held = set(m["patients"]["test"])
+        assert held == set(plan["splits"][i]["test"]) and not held & seen
+        seen |= held
+        cache_path = out / f"fold{i}" / "cache.h5"
+        for split in ("train", "val"):
+            in_cache = set(cache.read_index(cache_path, split)[0].tolist())
+            assert in_cache and not in_cache & held, (i, split)
+        assert set(cache.read_index(cache_path, "test")[0].tolist()) == held
+        scored = [p["patient"] for p in m["volume"]["wt"]["per_patient"]]
+        assert sorted(scored) == sorted(held)
+        fold_row = next(f for f in wt["per_fold"] if f["fold"] == i)
+        dice = [p["dice"] for p in m["volume"]["wt"]["per_patient"]]
+        assert fold_row["dice_mean"] == pytest.approx(np.mean(dice))
+        assert fold_row["pooled_slice_dice"] == m["slices"]["wt"]["pooled"]["dice"]
+        assert 0.0 <= fold_row["dice_mean"] <= 1.0
+    assert seen == set(cases)
+    all_dice = [p["dice"] for p in wt["per_patient"]]
+    assert wt["dice"]["mean"] == pytest.approx(np.mean(all_dice))
+    assert wt["dice"]["sd"] == pytest.approx(np.std(all_dice, ddof=1))
+    assert wt["fold_dice"]["mean"] == pytest.approx(np.mean([f["dice_mean"] for f in wt["per_fold"]]))
+    assert wt["worst"]["dice"] == min(all_dice)
+    assert json.loads((out / "cv_summary.json").read_text())["regions"]["wt"]["dice"]["mean"] == pytest.approx(np.mean(all_dice))
+
+
+def test_rerun_skips_finished_folds_and_refuses_other_settings(cv: tuple[Path, dict], raw_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out, summary = cv
+    stamps = {i: (out / f"fold{i}" / "metrics.json").stat().st_mtime_ns for i in range(3)}
+
+    def boom(*a, **k):
+        raise AssertionError("a finished fold was run again")
+
+    monkeypatch.setattr("brats2d.train.train", boom)
+    monkeypatch.setattr("brats2d.preprocess.preprocess", boom)
+    again = crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides=OVERRIDES, include_test=True,
+                     device="cpu", workers=1, log=lambda m: None)
+    assert json.dumps(again["regions"]) == json.dumps(summary["regions"])  # (NaN != NaN, so compare as text)
+    assert stamps == {i: (out / f"fold{i}" / "metrics.json").stat().st_mtime_ns for i in range(3)}
+    with pytest.raises(CrossvalError, match="train.epochs"):
+        crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides={**OVERRIDES, "train": {**TRAIN, "epochs": 2}},
+                 include_test=True, device="cpu", workers=1, log=lambda m: None)
+    # The CLI builds the same settings from its options: everything is finished, nothing runs.
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "cross-validation" in res.output
+
+
+def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--fold", "0", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    cases = _cases(raw_dir)
+    seed_test = split_patients(cases, (0.7, 0.15, 0.15), 42)["test"]
+    s = json.loads((out / "cv_summary.json").read_text())
+    assert s["excluded"] == seed_test and s["finished"] == [0] and s["missing"] == [1] and not s["complete"]
+    meta = cache.read_meta(out / "fold0" / "cache.h5")
+    assert not set(seed_test) & set(meta.patients)  # never even read
+    assert not (out / "fold1").exists()
+    assert "folds not finished yet: 1" in res.output
