@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -62,3 +63,13 @@ def real_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_stays_clean() -> Any:
+    """Fail the run if a test leaves files in the repository root (tests write only under tmp_path)."""
+    root = Path(__file__).resolve().parents[1]
+    before = set(os.listdir(root))
+    yield
+    new = sorted(set(os.listdir(root)) - before)
+    assert not new, f"tests left files in the repository root: {new}"

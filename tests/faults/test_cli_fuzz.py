@@ -27,12 +27,11 @@ def places(raw_dir: Path, tiny_cache: Path, tiny_run: Path, tmp_path: Path) -> d
 
 
 def _fill(args: list[str], places: dict[str, str]) -> list[str]:
-    out = []
-    for a in args:
-        for k, v in places.items():
-            a = a.replace(k, v)
-        out.append(a)
-    return out
+    # Whole tokens or a leading path part only: substring replacement turned NEWRUN into "NEW" + RUN's path.
+    def sub(a: str) -> str:
+        head, sep, tail = a.partition("/")
+        return places.get(a) or (places[head] + sep + tail if sep and head in places else a)
+    return [sub(a) for a in args]
 
 
 def _nothing_written(places: dict[str, str]) -> None:
