@@ -120,3 +120,43 @@ def test_chunked_cache_falls_back_to_h5py_with_warning(tiny_cache: Path, tmp_pat
         data.arrays()
     plan = EpochPlan.make(len(data), 4, 1, 0)
     assert all(torch.equal(u[0], v[0]) for u, v in zip(iterate(ref, plan), iterate(data, plan)))
+
+
+def _mapped_rss_mb(path: Path) -> float:
+    """Resident MB of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0]:  # a mapping's header line
+                inside = head[-1] == str(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_an_epoch_keeps_the_mapped_cache_out_of_rss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import brats2d.dataset as ds
+
+    n, size = 8000, 64  # 64 MB of float16 images + 32 MB of masks
+    path = tmp_path / "big.h5"
+    rng = np.random.default_rng(0)
+    with cache.CacheWriter(path, (1, size, size), 1, "float16") as w:
+        for i in range(0, n, 1000):
+            w.add("train", f"p{i}", rng.random((1000, 1, size, size), np.float32), np.zeros((1000, 1, size, size)),
+                  np.arange(1000))
+        w.finish({"config": {}, "source": {}, "patients": {}, "splits": {"train": [], "val": [], "test": []}})
+    data = ds.SliceCache(path, "train")
+    plan = ds.EpochPlan.make(n, 16, 0, 0)
+    peak = 0.0
+    for b, (x, _) in enumerate(ds.iterate(data, plan)):
+        if b % 25 == 0:
+            peak = max(peak, _mapped_rss_mb(path))
+    assert x.dtype == torch.float32
+    assert 0 < peak < 45, f"{peak:.0f} MB of a 96 MB cache resident during an epoch"
+    monkeypatch.setattr(ds, "RELEASE_EVERY_BYTES", 2**40)  # the control: without releases the map stays resident
+    data.release_pages()
+    for x, _ in ds.iterate(data, plan):
+        pass
+    assert _mapped_rss_mb(path) > 80
