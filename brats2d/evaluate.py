@@ -97,16 +97,19 @@ def check_cache_matches(pred: Predictor, cache_path: str | Path, split: str) -> 
 
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", threshold: float = 0.5,
              cache_path: str | None = None, raw: str | Path | None = None, device: str = "auto",
-             tta: bool = False, json_path: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it."""
+             tta: bool = False, json_path: str | Path | None = None, min_size: int = 0) -> dict[str, Any]:
+    """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it.
+
+    `min_size` (voxels) applies to the whole-volume scores only (3D components need the whole scan).
+    """
     pred = load_predictor(run_dir, which, device)
     cache_path = cache_path or pred.cache_path
     check_cache_matches(pred, cache_path, split)
     result: dict[str, Any] = {"run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold,
-                              "tta": tta, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
+                              "tta": tta, "min_size": min_size, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:
         cases = SliceCache(cache_path, split).meta.splits[split]
-        result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta)
+        result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta, min_size=min_size)
     text = json.dumps(result, indent=1, default=float) + "\n"
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):
         tmp = p.with_name(f".{p.name}.tmp")

@@ -80,18 +80,26 @@ class Predictor:
         """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every axial slice.
 
         Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
-        training size, predicts in batches and resizes the probabilities back (bilinear).
+        training size, predicts in batches and resizes the probabilities back (bilinear). Axial
+        slices that are exactly 0 in every channel (outside the head: ~20 % of a BraTS volume) are
+        not run through the model; their probability (and uncertainty) is 0.
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
+        head = np.flatnonzero(image.any(axis=(0, 1, 2)))  # z of slices with any signal
         if not normalized:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
-        X, Y = image.shape[1:3]
-        x = resize_slices(np.moveaxis(image, -1, 0), self.prep_cfg.size)  # (Z, C, S, S)
-        prob, var = self.slices(x, **kw)
-        back = lambda a: np.moveaxis(_resize_up(a, (X, Y)), 0, -1)  # noqa: E731  (Z,K,S,S) -> (K,X,Y,Z)
-        return back(prob), None if var is None else back(var)
+        X, Y, Z = image.shape[1:]
+        x = resize_slices(np.moveaxis(image[..., head], -1, 0), self.prep_cfg.size)  # (n, C, S, S)
+        p, v = self.slices(x, **kw)
+
+        def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, X, Y, Z), zeros where skipped
+            out = np.zeros((a.shape[1], X, Y, Z), np.float32)
+            out[..., head] = np.moveaxis(_resize_up(a, (X, Y)), 0, -1)
+            return out
+
+        return back(p), None if v is None else back(v)
 
 
 def _resize_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -11,6 +11,7 @@ import click
 
 from brats2d import __version__
 from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
+from brats2d.recipes import PREDICT_DEFAULTS, RECIPES  # light: no heavy imports
 
 DEFAULT_CACHE = "data_cache/brats2d.h5"
 P, T = PreprocessConfig(), TrainConfig()
@@ -174,17 +175,22 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @click.option("--cache", default=None, help="default: the cache the run was trained on")
 @click.option("--raw", type=click.Path(exists=True, file_okay=False), help="also score whole volumes from this raw folder")
 @click.option("--tta", is_flag=True, help="test-time augmentation (8 flips/rotations averaged)")
+@click.option("--min-size", type=click.IntRange(0), default=0, show_default=True,
+              help="whole volumes: drop 3D components smaller than this (voxels)")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None, help="its predict settings (min-size, tta)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
-             tta: bool, device: str, json_path: str | None) -> None:
+             tta: bool, min_size: int, recipe: str | None, device: str, json_path: str | None) -> None:
     """Evaluate a run on a split: pooled, per-slice and per-patient metrics."""
     from .display import eval_tables
     from brats2d.evaluate import evaluate as run
     from brats2d.inference import load_predictor
+    from brats2d.recipes import apply_recipe
 
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta}, click.get_current_context(), stage="predict")
     th = threshold if threshold is not None else load_predictor(run_dir, checkpoint, "cpu").train_cfg.threshold
-    result = run(run_dir, split, checkpoint, th, cache, raw, device, tta, json_path)
+    result = run(run_dir, split, checkpoint, th, cache, raw, device, ps["tta"], json_path, min_size=ps["min_size"])
     eval_tables(result)
     click.echo(f"wrote {Path(run_dir) / f'metrics_{split}.json'}")
 
@@ -199,13 +205,18 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
 @click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None, help="its predict settings (min-size, tta)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, threshold: float | None,
-            probabilities: bool, tta: bool, mc_dropout: int, min_size: int, device: str) -> None:
+            probabilities: bool, tta: bool, mc_dropout: int, min_size: int, recipe: str | None, device: str) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space."""
     from .display import predict_table
     from brats2d.inference import load_predictor
     from brats2d.predict import predict as run
+    from brats2d.recipes import apply_recipe
+
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta}, click.get_current_context(), stage="predict")
+    min_size, tta = ps["min_size"], ps["tta"]
 
     pred = load_predictor(run_dir, checkpoint, device)
     if mc_dropout and pred.train_cfg.dropout == 0:
@@ -248,7 +259,6 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
              base_channels=base_channels, size=size, echo=console().print)
 
 
-from brats2d.recipes import PREDICT_DEFAULTS, RECIPES  # noqa: E402  (light module: no heavy imports)
 
 
 @cli.command()

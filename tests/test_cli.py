@@ -33,8 +33,11 @@ def test_readme_pipeline_through_the_cli(tmp_path: Path) -> None:
     assert "already finished" in _ok(r, ["train", "--cache", str(cache), "--run-dir", str(run), *TINY_ARGS])
     diff = r.invoke(cli, ["train", "--cache", str(cache), "--run-dir", str(run), *TINY_ARGS[:-2], "--lr", "0.01"])
     assert diff.exit_code == 2 and "lr" in diff.output and "Traceback" not in diff.output
-    _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu"])
-    assert (run / "metrics_test.json").is_file()
+    _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu", "--raw", str(raw), "--recipe", "brats2d"])
+    saved = json.loads((run / "metrics_test.json").read_text())
+    assert saved["min_size"] == 100 and "volume" in saved  # the recipe's predict settings
+    _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu", "--recipe", "brats2d", "--min-size", "7"])
+    assert json.loads((run / "metrics_test.json").read_text())["min_size"] == 7  # explicit options win
     test_case = json.loads(cache.with_name("c.splits.json").read_text())["test"][0]
     _ok(r, ["predict", str(raw / test_case), "--run-dir", str(run), "--out", str(out), "--device", "cpu"])
     assert (out / f"{test_case}_pred.nii.gz").is_file() and (out / "metrics.csv").is_file()

@@ -136,3 +136,22 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path: Path) -> None:
 
     a, b = load(run / "best_model.pth")["model"], load(Path(again["run_dir"]) / "best_model.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_slices_outside_the_head_are_not_run_through_the_model(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    class Counting(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return super().forward(x)
+
+    pred = Predictor(Counting(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=16),
+                     torch.device("cpu"), "fp32", tmp_path, "")
+    vol = np.zeros((1, 24, 24, 10), np.float32)
+    vol[0, 4:20, 4:20, 3:7] = 100.0
+    vol[0, 8:12, 8:12, 3:7] = 900.0  # > 0.5 after min-max: "tumour"
+    prob, _ = pred.volume(vol)
+    assert sum(seen) == 4  # only z = 3..6 have signal
+    assert prob.shape == (1, 24, 24, 10) and not prob[..., :3].any() and not prob[..., 7:].any()
+    assert (prob[0, 9:11, 9:11, 3:7] > 0.5).all()
