@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing as mp
 import os
@@ -56,6 +55,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import finish  # noqa: E402
 from brats2d import cache  # noqa: E402
 from brats2d.augment import apply_batch  # noqa: E402
 from brats2d.dataset import EpochPlan, SliceCache, iterate  # noqa: E402
@@ -247,13 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = run(a, work, n, big_gb, repeats, budget, patients)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res["total_s"] = time.perf_counter() - t_start
     res["machine"]["loadavg_end"] = os.getloadavg()
-    report(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return res
+    return finish(res, t_start, report, a.json)
 
 
 def run(a: argparse.Namespace, work: Path, n: int, big_gb: float, repeats: int, budget: float,

@@ -32,7 +32,6 @@ patients > workers; with few patients (--quick) the steady rate rests on one or 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -46,6 +45,8 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import finish  # noqa: E402
 from brats2d.config import PreprocessConfig  # noqa: E402
 from brats2d.nifti import discover  # noqa: E402
 from brats2d.preprocess import default_workers, preprocess  # noqa: E402
@@ -190,13 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["estimate_brats2021"] += estimates(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res["total_s"] = time.perf_counter() - t_start
     res["machine"]["loadavg_end"] = os.getloadavg()
-    report(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return res
+    return finish(res, t_start, report, a.json)
 
 
 def report(res: dict[str, Any]) -> None:

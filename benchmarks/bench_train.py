@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing as mp
 import os
@@ -37,6 +36,8 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import finish  # noqa: E402
 from brats2d.model import build_model  # noqa: E402
 from brats2d.config import TrainConfig  # noqa: E402
 from brats2d.device import cpu_supports_bf16, keep_freed_memory, resolve_precision  # noqa: E402
@@ -407,12 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["numerics"] = workers[True].call("numerics", 150, 8, 64)
     for w in workers.values():
         w.close()
-    res["total_s"] = time.perf_counter() - t_start
-    report(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return res
+    return finish(res, t_start, report, a.json)
 
 
 def report(res: dict[str, Any]) -> None:
