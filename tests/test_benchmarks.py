@@ -91,3 +91,12 @@ def test_bench_preprocess_real_rows_when_data_present(tmp_path: Path) -> None:
     assert {(r["dataset"], r["name"]) for r in res["rows"]} == {
         (d, n) for d in ("synthetic", "real") for n in ("nibabel-decode", "brats2d-1worker")}
     assert all(_positive(r["seconds"]) for r in res["rows"])
+
+
+def test_bench_loader_on_a_product_cache(tmp_path: Path, tiny_cache: Path) -> None:
+    from brats2d import cache
+
+    res = _run("bench_loader.py", tmp_path, "--cache", str(tiny_cache), "--step-ms", "100")
+    assert res["settings"]["slices"] == cache.read_meta(tiny_cache).counts["train"]
+    assert {r["name"] for r in res["rows"]} >= {"numpy-bound", "brats2d", "h5py-per-slice"}
+    assert tiny_cache.exists()  # the user's cache is read, never removed
