@@ -155,3 +155,25 @@ def test_slices_outside_the_head_are_not_run_through_the_model(tmp_path: Path) -
     assert sum(seen) == 4  # only z = 3..6 have signal
     assert prob.shape == (1, 24, 24, 10) and not prob[..., :3].any() and not prob[..., 7:].any()
     assert (prob[0, 9:11, 9:11, 3:7] > 0.5).all()
+
+
+def test_multimodal_all_regions_with_uncertainty_end_to_end(raw_dir: Path, raw_copy: Path, tmp_path: Path) -> None:
+    from brats2d.preprocess import preprocess
+
+    cache_path = tmp_path / "mm.h5"
+    preprocess(raw_dir, cache_path, PreprocessConfig(size=SIZE, modalities=("flair", "t1ce"), region="all"), workers=1)
+    run = tmp_path / "run"
+    train(cache_path, run, TrainConfig(**{**TINY, "epochs": 1, "dropout": 0.2}), log=lambda m: None)
+    res = evaluate(run, "test", "best", 0.5, device="cpu")
+    assert set(res["regions"]) == {"wt", "tc", "et"}  # metrics per BraTS region
+    pred = load_predictor(run, device="cpu")
+    assert pred.model.in_channels == 2 and pred.model.out_channels == 3
+    case = sorted(p.name for p in raw_dir.iterdir())[0]
+    row = predict_case(pred, raw_dir / case, tmp_path / "out", mc_dropout=2)
+    assert set(row["regions"]) == {"wt", "tc", "et"}
+    labels = nib.load(str(tmp_path / "out" / f"{case}_pred.nii.gz"))
+    assert labels.shape == SHAPE and set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2, 4}
+    assert nib.load(str(tmp_path / "out" / f"{case}_uncertainty.nii.gz")).shape == SHAPE + (3,)
+    (raw_copy / case / f"{case}_t1ce.nii.gz").unlink()  # the run needs T1ce: a clear error naming it
+    with pytest.raises(InputError, match="t1ce"):
+        predict_case(pred, raw_copy / case, None)
