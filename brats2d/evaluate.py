@@ -83,12 +83,13 @@ def evaluate_volumes(pred: Predictor, raw: str | Path, cases: list[str], thresho
 MUST_MATCH = ("modalities", "size", "region", "norm", "percentile")
 
 
-def check_cache_matches(pred: Predictor, cache_path: str | Path, split: str) -> None:
+def check_cache_matches(pred: Predictor, data: SliceCache) -> None:
     """CacheError naming the file when the cache was built with other input settings than the run's."""
     from .cache import CacheError
     from .config import to_dict
 
-    have, want = SliceCache(cache_path, split).meta.config, to_dict(pred.prep_cfg)
+    cache_path = data.path
+    have, want = data.meta.config, to_dict(pred.prep_cfg)
     diff = [f"{k}: run {want.get(k)!r}, cache {have.get(k)!r}" for k in MUST_MATCH
             if json.dumps(have.get(k)) != json.dumps(want.get(k))]
     if diff:
@@ -104,11 +105,12 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", thre
     """
     pred = load_predictor(run_dir, which, device)
     cache_path = cache_path or pred.cache_path
-    check_cache_matches(pred, cache_path, split)
+    data = SliceCache(cache_path, split)
+    check_cache_matches(pred, data)
     result: dict[str, Any] = {"run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold,
                               "tta": tta, "min_size": min_size, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:
-        cases = SliceCache(cache_path, split).meta.splits[split]
+        cases = data.meta.splits[split]
         result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta, min_size=min_size)
     text = json.dumps(result, indent=1, default=float) + "\n"
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):

@@ -127,7 +127,7 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
 @click.option("--strict", is_flag=True, help="any bad patient is fatal (no cache written)")
-@click.option("--recipe", type=click.Choice(["seed", "brats2d"]), default=None,
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="preset settings (explicit options still win); see README Results")
 def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, splits_file: str | None,
                recipe: str | None, **kw: Any) -> None:
@@ -153,7 +153,7 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 @click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="start over instead of resuming")
-@click.option("--recipe", type=click.Choice(["seed", "brats2d"]), default=None,
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="preset settings (explicit options still win); see README Results")
 @config_options(TrainConfig)
 def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool, recipe: str | None, **kw: Any) -> None:
