@@ -20,6 +20,13 @@ Protocol (honest by construction):
 Layout: ``OUT/crossval.json`` (recipe, every setting, folds and patient lists), ``OUT/fold{i}/``
 (``splits.json``, ``cache.h5``, ``run/``, ``metrics.json``) and ``OUT/cv_summary.json``.
 
+Post-processing is chosen the way nnU-Net chooses it: with ``postprocessing`` each held-out patient is
+also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 voxels dropped / only
+the largest component), from one or two forward passes per patient, and the summary reports each
+variant's per-patient Dice and its paired difference to the recipe's own predict settings.
+``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
+accepts a plan that differs from the folder's in predict settings only.
+
 Resumable: a fold whose metrics.json records the same settings is skipped; a killed fold resumes
 (an up-to-date cache is reused, training resumes from its checkpoint). An OUT made with another plan
 is refused unless ``restart`` (which starts the selected folds over), so an ablation never mixes
@@ -43,6 +50,10 @@ from .splits import kfold, load_splits, save_splits, split_patients
 
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
 STAGES = ("preprocess", "train", "predict")
+POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
+    f"{'TTA, ' if tta else ''}{name}": {"tta": tta, "min_size": min_size, "keep_largest": largest}
+    for tta in (False, True)
+    for name, min_size, largest in (("none", 0, False), ("drop < 100 voxels", 100, False), ("largest only", 0, True))}
 
 
 class CrossvalError(ValueError):
@@ -90,7 +101,8 @@ def fold_settings(plan: dict[str, Any], i: int) -> dict[str, Any]:
 def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, seed: int = 42,
              recipe: str | None = "seed", overrides: dict[str, dict[str, Any]] | None = None,
              include_test: bool = False, fold: int | None = None, device: str = "auto", workers: int = 0,
-             restart: bool = False, log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
+             restart: bool = False, rescore: bool = False, postprocessing: bool = False,
+             log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
     """Run (or resume) the folds of a cross-validation and return the summary (see the module docstring)."""
     from .nifti import discover
 
@@ -106,31 +118,49 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
     old = _read(out / PLAN)
     if old is not None and not restart:
         changes = diff(_flat({**old, "raw": None}), _flat({**plan, "raw": None}))
-        if changes:
-            raise CrossvalError(f"{out} holds a cross-validation with other settings; use another --out or --restart. "
+        predict_only = all(c.startswith("predict.") for c in changes)
+        if changes and rescore and predict_only:
+            log(f"{out}: predict settings changed ({'; '.join(changes)}); re-scoring the trained folds")
+        elif changes:
+            hint = "--rescore (only predict settings differ)" if predict_only else "another --out or --restart"
+            raise CrossvalError(f"{out} holds a cross-validation with other settings; use {hint}. "
                                 "Differences (there -> now):\n  " + "\n  ".join(c if len(c) < 160 else
                                                                                  c.split(":")[0] + ": changed" for c in changes))
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / PLAN, plan)
     for i in [fold] if fold is not None else range(folds):
-        run_fold(raw, out, plan, i, device=device, workers=workers, restart=restart, log=log, progress=progress)
+        run_fold(raw, out, plan, i, device=device, workers=workers, restart=restart, rescore=rescore,
+                 postprocessing=postprocessing, log=log, progress=progress)
     return summarize(out)
 
 
 def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device: str = "auto", workers: int = 0,
-             restart: bool = False, log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
-    """Preprocess, train and score fold `i` of `plan` into out/fold{i}; returns its metrics."""
+             restart: bool = False, rescore: bool = False, postprocessing: bool = False,
+             log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
+    """Preprocess, train and score fold `i` of `plan` into out/fold{i}; returns its metrics.
+
+    With `rescore` a fold that has metrics.json is only scored again, with the model it trained.
+    """
     from .cache import read_meta
-    from .evaluate import evaluate_cache, evaluate_volumes
-    from .inference import load_predictor
     from .preprocess import preprocess, splits_path
     from .train import train
 
     d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
     done = _read(d / METRICS)
-    if done is not None and done.get("settings") == ident and not restart:
+    if done is not None and done.get("settings") == ident and not (restart or rescore):
         log(f"fold {i} ({i + 1} of {k}): finished earlier ({d / METRICS}); skipped")
         return done
+    if done is not None and rescore and not restart:
+        if done.get("settings", {}).get("splits") != plan["splits"][i]:
+            raise CrossvalError(f"{d}: trained on other splits than this plan; --rescore needs the same folds")
+        log(f"fold {i} ({i + 1} of {k}): re-scoring the model trained earlier ({d / 'run'})")
+        t0 = time.perf_counter()
+        scores = _score_fold(raw, d, plan, device, postprocessing)
+        metrics = {**{key: v for key, v in done.items() if key != "postprocessing"}, "settings": ident, **scores,
+                   "seconds": {**done["seconds"], "evaluate": round(time.perf_counter() - t0, 2)}}
+        _write_json(d / METRICS, metrics)
+        _log_fold(log, i, k, metrics)
+        return metrics
     splits = plan["splits"][i]
     pcfg, tcfg = from_dict(PreprocessConfig, plan["preprocess"]), from_dict(TrainConfig, plan["train"])
     d.mkdir(parents=True, exist_ok=True)
@@ -148,25 +178,47 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
     history = train(cache_path, d / "run", tcfg, device=device, restart=restart, log=log, progress=progress)
     t2 = time.perf_counter()
     meta = read_meta(cache_path)
-    held = meta.splits["test"]
-    predictor, tta = load_predictor(d / "run", "best", device), bool(plan["predict"]["tta"])
-    volume = evaluate_volumes(predictor, raw, held, tcfg.threshold, tta=tta, min_size=int(plan["predict"]["min_size"]))
-    slices = evaluate_cache(predictor, str(cache_path), "test", tcfg.threshold, tta=tta)
+    scores = _score_fold(raw, d, plan, device, postprocessing)
     t3 = time.perf_counter()
     listed = [c for s in splits.values() for c in s]
     metrics = {
         "settings": ident, "fold": i, "cache": str(cache_path), "run_dir": str(d / "run"),
         "patients": {s: meta.splits[s] for s in ("train", "val", "test")},
-        "skipped": sorted(set(listed) - set(meta.patients)), "volume": volume,
-        "slices": {r: {key: v[key] for key in ("pooled", "per_slice_mean", "per_patient_dice", "counts")}
-                   for r, v in slices.items()},
+        "skipped": sorted(set(listed) - set(meta.patients)), **scores,
         "train_minutes": sum(h["seconds"] for h in history) / 60, "history": history,
         "seconds": {"preprocess": round(t1 - t0, 2), "train": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)}}
     _write_json(d / METRICS, metrics)
-    for region, v in volume.items():
-        log(f"fold {i} ({i + 1} of {k}): {region} whole-volume 3D Dice mean {v['per_patient_dice']['mean']:.4f} "
-            f"over {len(held)} patients; pooled slice Dice {slices[region]['pooled']['dice']:.4f}")
+    _log_fold(log, i, k, metrics)
     return metrics
+
+
+def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, postprocessing: bool) -> dict[str, Any]:
+    """{volume, slices[, postprocessing]} of fold folder `d`'s best model on its held-out patients."""
+    from .cache import read_meta
+    from .evaluate import evaluate_cache, evaluate_variants
+    from .inference import load_predictor
+
+    cache_path = d / "cache.h5"
+    held = read_meta(cache_path).splits["test"]
+    predictor, own = load_predictor(d / "run", "best", device), plan["predict"]
+    threshold = predictor.train_cfg.threshold
+    variants = {"recipe": own, **(POSTPROCESSING_GRID if postprocessing else {})}
+    scored = evaluate_variants(predictor, raw, held, threshold, variants)
+    slices = evaluate_cache(predictor, str(cache_path), "test", threshold, tta=bool(own["tta"]))
+    out: dict[str, Any] = {
+        "volume": scored["recipe"],
+        "slices": {r: {key: v[key] for key in ("pooled", "per_slice_mean", "per_patient_dice", "counts")}
+                   for r, v in slices.items()}}
+    if postprocessing:
+        out["postprocessing"] = {name: {"settings": v, "regions": {r: scored[name][r]["per_patient"] for r in scored[name]}}
+                                 for name, v in POSTPROCESSING_GRID.items()}
+    return out
+
+
+def _log_fold(log: Callable[[str], None], i: int, k: int, metrics: dict[str, Any]) -> None:
+    for region, v in metrics["volume"].items():
+        log(f"fold {i} ({i + 1} of {k}): {region} whole-volume 3D Dice mean {v['per_patient_dice']['mean']:.4f} "
+            f"over {len(v['per_patient'])} patients; pooled slice Dice {metrics['slices'][region]['pooled']['dice']:.4f}")
 
 
 def summarize(out: str | Path) -> dict[str, Any]:
@@ -207,8 +259,35 @@ def summarize(out: str | Path) -> dict[str, Any]:
                "excluded": plan["excluded"], "finished": [m["fold"] for m in fold_metrics], "missing": missing,
                "complete": not missing, "train_minutes": sum(m["train_minutes"] for m in fold_metrics),
                "regions": regions}
+    if fold_metrics and all("postprocessing" in m for m in fold_metrics):
+        summary["postprocessing"] = _postprocessing_summary(fold_metrics)
     _write_json(out / SUMMARY, summary)
     return summary
+
+
+def _postprocessing_summary(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per grid variant and region: per-patient Dice described, and paired against the recipe's setting.
+
+    "paired" = mean and standard error of (variant - recipe) per patient, with how many patients
+    each way: a variant is worth adopting only when its mean gain is clearly beyond its standard error.
+    """
+    from .evaluate import _describe
+
+    out: dict[str, Any] = {}
+    for name in fold_metrics[0]["postprocessing"]:
+        out[name] = {"settings": fold_metrics[0]["postprocessing"][name]["settings"], "regions": {}}
+        for region in fold_metrics[0]["volume"]:
+            own = {p["patient"]: p["dice"] for m in fold_metrics for p in m["volume"][region]["per_patient"]}
+            var = {p["patient"]: p["dice"] for m in fold_metrics
+                   for p in m["postprocessing"][name]["regions"][region]}
+            delta = np.array([var[c] - own[c] for c in sorted(own)])
+            out[name]["regions"][region] = {
+                "dice": _describe(list(var.values())), "hd95_median": float(np.median(
+                    [p["hd95"] for m in fold_metrics for p in m["postprocessing"][name]["regions"][region]])),
+                "paired": {"mean": float(delta.mean()),
+                           "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
+                           "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}}
+    return out
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:

@@ -66,16 +66,26 @@ def evaluate_cache(pred: Predictor, cache_path: str, split: str, threshold: floa
 
 
 def evaluate_volumes(pred: Predictor, raw: str | Path, cases: list[str], threshold: float,
-                     tta: bool = False, min_size: int = 0) -> dict[str, Any]:
+                     tta: bool = False, min_size: int = 0, keep_largest: bool = False) -> dict[str, Any]:
     """Per-patient 3D metrics predicting every axial slice of each raw patient volume."""
-    from .predict import predict_case
+    setting = {"tta": tta, "min_size": min_size, "keep_largest": keep_largest}
+    return evaluate_variants(pred, raw, cases, threshold, {"only": setting})["only"]
 
-    rows = [predict_case(pred, Path(raw) / c, None, threshold=threshold, tta=tta, min_size=min_size) for c in cases]
-    out = {}
-    for region in pred.regions:
-        per = [{"patient": r["patient"], **r["regions"][region]} for r in rows]
-        out[region] = {"per_patient": per, "per_patient_dice": _describe([r["dice"] for r in per]),
-                       "per_patient_hd95": _describe([r["hd95"] for r in per])}
+
+def evaluate_variants(pred: Predictor, raw: str | Path, cases: list[str], threshold: float,
+                      variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """evaluate_volumes for several predict settings {name: {tta, min_size, keep_largest}} at once:
+    {name: {region: {per_patient, per_patient_dice, per_patient_hd95}}}."""
+    from .predict import score_variants
+
+    rows = [score_variants(pred, Path(raw) / c, threshold, variants) for c in cases]
+    out: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        out[name] = {}
+        for region in pred.regions:
+            per = [{"patient": r[name]["patient"], **r[name]["regions"][region]} for r in rows]
+            out[name][region] = {"per_patient": per, "per_patient_dice": _describe([r["dice"] for r in per]),
+                                 "per_patient_hd95": _describe([r["hd95"] for r in per])}
     return out
 
 
@@ -98,20 +108,22 @@ def check_cache_matches(pred: Predictor, data: SliceCache) -> None:
 
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", threshold: float = 0.5,
              cache_path: str | None = None, raw: str | Path | None = None, device: str = "auto",
-             tta: bool = False, json_path: str | Path | None = None, min_size: int = 0) -> dict[str, Any]:
+             tta: bool = False, json_path: str | Path | None = None, min_size: int = 0,
+             keep_largest: bool = False) -> dict[str, Any]:
     """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it.
 
-    `min_size` (voxels) applies to the whole-volume scores only (3D components need the whole scan).
+    `min_size` (voxels) and `keep_largest` apply to the whole-volume scores only (3D components need
+    the whole scan).
     """
     pred = load_predictor(run_dir, which, device)
     cache_path = cache_path or pred.cache_path
     data = SliceCache(cache_path, split)
     check_cache_matches(pred, data)
     result: dict[str, Any] = {"run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold,
-                              "tta": tta, "min_size": min_size, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
+                              "tta": tta, "min_size": min_size, "keep_largest": keep_largest, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:
         cases = data.meta.splits[split]
-        result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta, min_size=min_size)
+        result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta, min_size=min_size, keep_largest=keep_largest)
     text = json.dumps(result, indent=1, default=float) + "\n"
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):
         tmp = p.with_name(f".{p.name}.tmp")

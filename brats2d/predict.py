@@ -18,14 +18,22 @@ from .preprocess import region_masks
 
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Drop 3D connected components (26-connectivity) smaller than `min_size` voxels from a bool mask."""
-    if min_size <= 0 or not mask.any():
+    return postprocess(mask, min_size=min_size)
+
+
+def postprocess(mask: np.ndarray, min_size: int = 0, keep_largest: bool = False) -> np.ndarray:
+    """A bool mask (X, Y, Z) without 3D components (26-connectivity) under `min_size` voxels and, with
+    `keep_largest`, without every component but the largest (nnU-Net's single-lesion rule)."""
+    if (min_size <= 0 and not keep_largest) or not mask.any():
         return mask
     from scipy import ndimage
 
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = sizes >= min_size
-    keep[0] = False
+    sizes[0] = 0
+    keep = sizes >= max(min_size, 1)
+    if keep_largest:
+        keep &= np.arange(n + 1) == int(np.argmax(sizes))
     return keep[lab]
 
 
@@ -54,21 +62,16 @@ def _save_nifti(arr: np.ndarray, ref_path: Path, path: Path) -> None:
 
 def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *, threshold: float = 0.5,
                  probabilities: bool = False, tta: bool = False, mc_dropout: int = 0,
-                 min_size: int = 0) -> dict[str, Any]:
+                 min_size: int = 0, keep_largest: bool = False) -> dict[str, Any]:
     """Predict one patient folder; write OUT/<case>_pred.nii.gz (and extras) when `out` is given.
 
     Returns {patient, seconds, regions: {region: {dice, hd95, tumour_voxels, pred_voxels}}}; the
     metric entries appear only when the folder has a seg.
     """
     t0 = time.perf_counter()
-    patient = patient_from_folder(Path(folder))
-    if patient is None:
-        raise InputError(f"{folder}: not a BraTS patient folder (no <case>_flair / <case>-t2f NIfTI)")
-    has_seg = "seg" in patient.files
-    image, seg, _, spacing = load_patient(patient, pred.prep_cfg.modalities, need_seg=has_seg)
+    patient, image, seg, spacing = _load(pred, folder)
     prob, var = pred.volume(image, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
-    masks = np.stack([remove_small(p > threshold, min_size) for p in prob])
-    row: dict[str, Any] = {"patient": patient.case, "regions": {}}
+    masks = np.stack([postprocess(p > threshold, min_size, keep_largest) for p in prob])
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -81,16 +84,50 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
         if var is not None:
             _save_nifti(np.moveaxis(var, 0, -1).squeeze(-1).astype(np.float32) if len(var) == 1
                         else np.moveaxis(var, 0, -1).astype(np.float32), ref, out / f"{patient.case}_uncertainty.nii.gz")
+    row = {"patient": patient.case, "regions": _scores(pred, patient, masks, seg, spacing)}
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def score_variants(pred: Predictor, folder: str | Path, threshold: float,
+                   variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One patient (with a seg) scored under several predict settings {name: {tta, min_size, keep_largest}}.
+
+    The volume is read and predicted once per `tta` value, so a post-processing ablation costs one
+    or two forward passes per patient. Returns {name: predict_case's row without files}.
+    """
+    patient, image, seg, spacing = _load(pred, folder)
+    if seg is None:
+        raise InputError(f"{folder}: no seg file to score against")
+    probs = {tta: pred.volume(image, tta=tta)[0] for tta in sorted({bool(v["tta"]) for v in variants.values()})}
+    out = {}
+    for name, v in variants.items():
+        masks = np.stack([postprocess(p > threshold, int(v["min_size"]), bool(v["keep_largest"]))
+                          for p in probs[bool(v["tta"])]])
+        out[name] = {"patient": patient.case, "regions": _scores(pred, patient, masks, seg, spacing)}
+    return out
+
+
+def _load(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.ndarray | None, tuple[float, ...]]:
+    patient = patient_from_folder(Path(folder))
+    if patient is None:
+        raise InputError(f"{folder}: not a BraTS patient folder (no <case>_flair / <case>-t2f NIfTI)")
+    image, seg, _, spacing = load_patient(patient, pred.prep_cfg.modalities, need_seg="seg" in patient.files)
+    return patient, image, seg, spacing
+
+
+def _scores(pred: Predictor, patient: Patient, masks: np.ndarray, seg: np.ndarray | None,
+            spacing: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """{region: {pred_voxels[, dice, hd95 (mm), tumour_voxels]}} for masks (K, X, Y, Z) bool."""
+    out: dict[str, dict[str, Any]] = {}
     for k, region in enumerate(pred.regions):
-        r = {"pred_voxels": int(masks[k].sum())}
-        if has_seg:
-            assert seg is not None
+        r: dict[str, Any] = {"pred_voxels": int(masks[k].sum())}
+        if seg is not None:
             truth = region_masks(seg, region, patient.et_label)[0]
             c = M.confusion(masks[k], truth)
             r.update(dice=float(M.dice(c)), hd95=M.hd95(masks[k], truth, spacing), tumour_voxels=int(truth.sum()))
-        row["regions"][region] = r
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
+        out[region] = r
+    return out
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Patient]:

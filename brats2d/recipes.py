@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # Settings of the predict stage that a recipe may set, with the seed protocol's values (no dataclass holds them).
-PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False}
+PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest": False}
 
 # brats2d: each choice kept because 5-fold CV on the 29 non-test real patients (FLAIR) measured a paired
 # per-patient 3D Dice gain larger than its standard error (README "Results"): tumour-free slices
@@ -50,7 +50,8 @@ def apply_recipe(name: str | None, options: dict[str, Any], ctx: Any = None, sta
 
 
 def predict_settings(name: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Predict-stage settings (min_size, tta): seed defaults <- recipe <- `overrides`; unknown keys refused."""
+    """Predict-stage settings (min_size, tta, keep_largest): seed defaults <- recipe <- `overrides`;
+    unknown keys refused."""
     from .config import ConfigError
 
     out = {**PREDICT_DEFAULTS, **recipe(name, "predict"), **(overrides or {})}
@@ -59,4 +60,4 @@ def predict_settings(name: str | None, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"unknown predict setting(s): {', '.join(unknown)}")
     if int(out["min_size"]) < 0:
         raise ConfigError(f"min_size: must be >= 0, got {out['min_size']}")
-    return {"min_size": int(out["min_size"]), "tta": bool(out["tta"])}
+    return {"min_size": int(out["min_size"]), "tta": bool(out["tta"]), "keep_largest": bool(out["keep_largest"])}

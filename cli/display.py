@@ -123,6 +123,19 @@ def crossval_table(summary: dict[str, Any]) -> None:
                 f"patients; fold means {_fmt(fd['mean'])} ± {_fmt(fd['sd'])}; worst {w['patient']} "
                 f"(fold {w['fold']}) {_fmt(w['dice'])}" + (f"; {h['infinite']} empty prediction(s) (HD95 inf)"
                                                             if h["infinite"] else ""), highlight=False)
+    for region in summary["regions"]:
+        if "postprocessing" not in summary:
+            break
+        t = Table(title=f"post-processing on the same models, region {region} (paired: variant - recipe's own "
+                        "setting per patient, mean ± standard error)")
+        for col in ("variant", "3D Dice mean ± sd", "median", "worst", "HD95 median mm", "paired", "better / worse"):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        for name, v in summary["postprocessing"].items():
+            r = v["regions"][region]
+            d, pr = r["dice"], r["paired"]
+            t.add_row(name, f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}", _fmt(d["median"]), _fmt(d["min"]),
+                      _fmt(r["hd95_median"]), f"{pr['mean']:+.3f} ± {pr['se']:.3f}", f"{pr['better']} / {pr['worse']}")
+        c.print(t)
     if summary["excluded"]:
         c.print(f"seed test patients excluded from CV ({len(summary['excluded'])}): {', '.join(summary['excluded'])}",
                 highlight=False)

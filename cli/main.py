@@ -177,20 +177,24 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @click.option("--tta", is_flag=True, help="test-time augmentation (8 flips/rotations averaged)")
 @click.option("--min-size", type=click.IntRange(0), default=0, show_default=True,
               help="whole volumes: drop 3D components smaller than this (voxels)")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None, help="its predict settings (min-size, tta)")
+@click.option("--keep-largest", is_flag=True, help="whole volumes: keep only the largest 3D component")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="its predict settings (min-size, tta, keep-largest)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
-             tta: bool, min_size: int, recipe: str | None, device: str, json_path: str | None) -> None:
+             tta: bool, min_size: int, keep_largest: bool, recipe: str | None, device: str, json_path: str | None) -> None:
     """Evaluate a run on a split: pooled, per-slice and per-patient metrics."""
     from .display import eval_tables
     from brats2d.evaluate import evaluate as run
     from brats2d.inference import load_predictor
     from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta}, click.get_current_context(), stage="predict")
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest},
+                      click.get_current_context(), stage="predict")
     th = threshold if threshold is not None else load_predictor(run_dir, checkpoint, "cpu").train_cfg.threshold
-    result = run(run_dir, split, checkpoint, th, cache, raw, device, ps["tta"], json_path, min_size=ps["min_size"])
+    result = run(run_dir, split, checkpoint, th, cache, raw, device, ps["tta"], json_path, min_size=ps["min_size"],
+                 keep_largest=ps["keep_largest"])
     eval_tables(result)
     click.echo(f"wrote {Path(run_dir) / f'metrics_{split}.json'}")
 
@@ -205,25 +209,27 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
 @click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None, help="its predict settings (min-size, tta)")
+@click.option("--keep-largest", is_flag=True, help="keep only the largest 3D component of each region")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="its predict settings (min-size, tta, keep-largest)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, threshold: float | None,
-            probabilities: bool, tta: bool, mc_dropout: int, min_size: int, recipe: str | None, device: str) -> None:
+            probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
+            device: str) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space."""
     from .display import predict_table
     from brats2d.inference import load_predictor
     from brats2d.predict import predict as run
     from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta}, click.get_current_context(), stage="predict")
-    min_size, tta = ps["min_size"], ps["tta"]
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest},
+                      click.get_current_context(), stage="predict")
 
     pred = load_predictor(run_dir, checkpoint, device)
     if mc_dropout and pred.train_cfg.dropout == 0:
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
-    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, tta=tta,
-                       mc_dropout=mc_dropout, min_size=min_size)
+    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout, **ps)
     predict_table(rows, errors, out)
     if errors and not rows:
         sys.exit(2)
@@ -273,6 +279,10 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=click.IntRange(0), default=0, help="preprocess processes (default: all cores)")
 @click.option("--restart", is_flag=True, help="start the selected folds over (also accepts changed settings in OUT)")
+@click.option("--rescore", is_flag=True,
+              help="score finished folds again with their trained models (accepts changed predict settings)")
+@click.option("--postprocessing", is_flag=True,
+              help="also score every held-out patient under the post-processing grid (TTA x components)")
 @click.option("--modalities", callback=_names, default=",".join(P.modalities), show_default=True,
               help="comma list of flair,t1,t1ce,t2")
 @click.option("--size", type=int, default=P.size, show_default=True)
@@ -283,9 +293,11 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
               help="predict: drop 3D components smaller than this (voxels)")
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")
+@click.option("--keep-largest/--no-keep-largest", default=PREDICT_DEFAULTS["keep_largest"], show_default=True,
+              help="predict: keep only the largest 3D component")
 @config_options(TrainConfig, skip=("seed",))
 def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, include_test: bool, fold: int | None,
-             device: str, workers: int, restart: bool, **kw: Any) -> None:
+             device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool, **kw: Any) -> None:
     """Patient-level k-fold cross-validation of a recipe on a raw BraTS folder, scored on whole volumes.
 
     The seed split's test patients stay out (unless --include-test); finished folds are skipped and a
@@ -303,7 +315,8 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, incl
                  for stage, keys in names.items()}
     with train_progress() as (log, progress):
         summary = run(raw, out, folds=folds, seed=seed, recipe=recipe, overrides=overrides, include_test=include_test,
-                      fold=fold, device=device, workers=workers, restart=restart, log=log, progress=progress)
+                      fold=fold, device=device, workers=workers, restart=restart, rescore=rescore,
+                      postprocessing=postprocessing, log=log, progress=progress)
     crossval_table(summary)
 
 

@@ -38,6 +38,12 @@ def test_readme_pipeline_through_the_cli(tmp_path: Path) -> None:
     assert saved["min_size"] == 100 and "volume" in saved  # the recipe's predict settings
     _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu", "--recipe", "brats2d", "--min-size", "7"])
     assert json.loads((run / "metrics_test.json").read_text())["min_size"] == 7  # explicit options win
+    _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--raw", str(raw)])
+    plain = json.loads((run / "metrics_test.json").read_text())["volume"]["wt"]["per_patient"]
+    _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--raw", str(raw), "--keep-largest"])
+    saved = json.loads((run / "metrics_test.json").read_text())
+    assert saved["keep_largest"] is True and saved["min_size"] == 0
+    assert all(p["pred_voxels"] <= q["pred_voxels"] for p, q in zip(saved["volume"]["wt"]["per_patient"], plain))
     test_case = json.loads(cache.with_name("c.splits.json").read_text())["test"][0]
     _ok(r, ["predict", str(raw / test_case), "--run-dir", str(run), "--out", str(out), "--device", "cpu"])
     assert (out / f"{test_case}_pred.nii.gz").is_file() and (out / "metrics.csv").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from brats2d import cache
 from brats2d.cli.main import cli
 from brats2d.config import PreprocessConfig
-from brats2d.crossval import CrossvalError, crossval, make_folds, settings
+from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
 from brats2d.nifti import discover
 from brats2d.splits import split_patients
 
@@ -50,8 +51,8 @@ def test_folds_exclude_seed_test_and_partition() -> None:
 def test_recipe_settings_and_explicit_overrides() -> None:
     p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
     assert (p.norm, p.empty_slices, t.loss, t.schedule, t.epochs) == ("percentile", 0.3, "bce", "cosine", 3)
-    assert pred == {"min_size": 100, "tta": True}
-    assert settings("seed")[2] == {"min_size": 0, "tta": False}
+    assert pred == {"min_size": 100, "tta": True, "keep_largest": False}
+    assert settings("seed")[2] == {"min_size": 0, "tta": False, "keep_largest": False}
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,39 @@ def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
     assert not set(seed_test) & set(meta.patients)  # never even read
     assert not (out / "fold1").exists()
     assert "folds not finished yet: 1" in res.output
+
+
+def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    src, summary = cv
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    largest = {**OVERRIDES, "predict": {"keep_largest": True}}
+    kw = dict(folds=3, seed=42, recipe="seed", include_test=True, device="cpu", workers=1, log=lambda m: None)
+    with pytest.raises(CrossvalError, match="--rescore"):  # predict settings changed: no silent mix of folds
+        crossval(raw_dir, out, overrides=largest, **kw)
+
+    def boom(*a, **k):
+        raise AssertionError("re-scoring must not preprocess or train")
+
+    monkeypatch.setattr("brats2d.train.train", boom)
+    monkeypatch.setattr("brats2d.preprocess.preprocess", boom)
+    again = crossval(raw_dir, out, overrides=largest, rescore=True, postprocessing=True, **kw)
+    assert again["complete"] and set(again["postprocessing"]) == set(POSTPROCESSING_GRID)
+    grid = again["postprocessing"]
+    # The recipe now keeps the largest component: that grid cell is the headline itself (paired 0), and
+    # the plain cell reproduces the first run's scores, which were made without post-processing.
+    assert grid["largest only"]["regions"]["wt"]["paired"] == {"mean": 0.0, "se": 0.0, "better": 0, "worse": 0}
+    assert grid["largest only"]["regions"]["wt"]["dice"]["mean"] == pytest.approx(again["regions"]["wt"]["dice"]["mean"])
+    assert grid["none"]["regions"]["wt"]["dice"]["mean"] == pytest.approx(summary["regions"]["wt"]["dice"]["mean"])
+    for name, v in grid.items():
+        pr = v["regions"]["wt"]["paired"]
+        assert pr["better"] + pr["worse"] <= len(summary["regions"]["wt"]["per_patient"]) and pr["se"] >= 0, name
+    m = json.loads((out / "fold0" / "metrics.json").read_text())
+    old = json.loads((src / "fold0" / "metrics.json").read_text())
+    assert m["settings"]["predict"]["keep_largest"] is True and m["history"] == old["history"]
+    assert {p["patient"] for p in m["postprocessing"]["TTA, none"]["regions"]["wt"]} == set(m["patients"]["test"])
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test",
+                                   "--keep-largest", "--rescore", "--postprocessing", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    assert "re-scoring" in res.output and "post-processing" in res.output and "largest" in res.output

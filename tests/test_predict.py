@@ -17,7 +17,7 @@ from brats2d.config import PreprocessConfig, TrainConfig
 from brats2d.evaluate import evaluate
 from brats2d.inference import Predictor, load_predictor
 from brats2d.nifti import InputError
-from brats2d.predict import predict, predict_case
+from brats2d.predict import postprocess, predict, predict_case, score_variants
 from brats2d.report import report
 from brats2d.train import train
 
@@ -57,6 +57,44 @@ def test_identity_model_through_the_full_predict_path(tmp_path: Path) -> None:
     with open(tmp_path / "out" / "metrics.csv") as f:
         table = list(csv.DictReader(f))
     assert [t["patient"] for t in table] == [r["patient"] for r in rows]
+
+
+def test_postprocess_drops_small_or_all_but_the_largest_component() -> None:
+    m = np.zeros((20, 20, 10), bool)
+    m[1:6, 1:6, 1:6] = True  # 125 voxels
+    m[10:13, 10:13, 2:4] = True  # 18
+    m[13, 13, 4] = True  # touches the 18 only by a corner: 26-connectivity makes it part of it (19)
+    m[17, 17, 8] = True  # 1
+    assert postprocess(m) is m
+    assert postprocess(m, min_size=19).sum() == 125 + 19
+    assert postprocess(m, min_size=20).sum() == 125
+    assert postprocess(m, keep_largest=True).sum() == 125 and postprocess(m, keep_largest=True)[1:6, 1:6, 1:6].all()
+    assert not postprocess(m, min_size=126, keep_largest=True).any()
+    assert not postprocess(np.zeros_like(m), keep_largest=True).any()
+
+
+def test_score_variants_match_predict_case_and_post_processing_helps(tmp_path: Path) -> None:
+    raw = make_tree(tmp_path / "raw", patients=1, shape=(64, 64, 20))
+    _mask_as_flair(raw)
+    folder = next(p for p in raw.iterdir() if p.is_dir())
+    path = folder / f"{folder.name}_flair.nii.gz"
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).copy()
+    assert not data[2:10, 2:10, 2:5].any()  # a corner away from the tumour ...
+    data[2:10, 2:10, 2:5] = 1000  # ... gets a bright blob: a false positive of the identity model
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), str(path))
+    pred = Predictor(Identity(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
+                     torch.device("cpu"), "fp32", tmp_path, "")
+    plain = {"tta": False, "min_size": 0, "keep_largest": False}
+    rows = score_variants(pred, folder, 0.5, {"plain": plain, "largest": {**plain, "keep_largest": True},
+                                              "tta": {**plain, "tta": True}})
+    once = predict_case(pred, folder, None, threshold=0.5)["regions"]["wt"]
+    assert rows["plain"]["regions"]["wt"] == once
+    # a pixel-wise model is equivariant to flips/rotations, so TTA changes nothing
+    assert rows["tta"]["regions"]["wt"]["dice"] == pytest.approx(once["dice"], abs=1e-6)
+    big = rows["largest"]["regions"]["wt"]
+    assert big["pred_voxels"] < once["pred_voxels"] and big["dice"] > once["dice"] + 0.02 and big["dice"] > 0.9
+    assert big == predict_case(pred, folder, None, threshold=0.5, keep_largest=True)["regions"]["wt"]
 
 
 @pytest.fixture(scope="module")
