@@ -22,8 +22,9 @@ Layout: ``OUT/crossval.json`` (recipe, every setting, folds and patient lists), 
 
 Post-processing is chosen the way nnU-Net chooses it: with ``postprocessing`` each held-out patient is
 also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 voxels dropped / only
-the largest component), from one or two forward passes per patient, and the summary reports each
-variant's per-patient Dice and its paired difference to the recipe's own predict settings.
+the largest component, with the best-validation checkpoint; and model selection: the last epoch's
+checkpoint instead), from three forward passes per patient (plus 8 for TTA), and the summary reports
+each variant's per-patient Dice and its paired difference to the recipe's own setting.
 ``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
 accepts a plan that differs from the folder's in predict settings only.
 
@@ -51,8 +52,9 @@ from .splits import kfold, load_splits, save_splits, split_patients
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
 STAGES = ("preprocess", "train", "predict")
 POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
-    f"{'TTA, ' if tta else ''}{name}": {"tta": tta, "min_size": min_size, "keep_largest": largest}
-    for tta in (False, True)
+    f"{'last epoch, ' if ck == 'latest' else ''}{'TTA, ' if tta else ''}{name}":
+        {"checkpoint": ck, "tta": tta, "min_size": min_size, "keep_largest": largest}
+    for ck, tta in (("best", False), ("best", True), ("latest", False))
     for name, min_size, largest in (("none", 0, False), ("drop < 100 voxels", 100, False), ("largest only", 0, True))}
 
 
@@ -200,11 +202,15 @@ def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, pos
 
     cache_path = d / "cache.h5"
     held = read_meta(cache_path).splits["test"]
-    predictor, own = load_predictor(d / "run", "best", device), plan["predict"]
-    threshold = predictor.train_cfg.threshold
-    variants = {"recipe": own, **(POSTPROCESSING_GRID if postprocessing else {})}
-    scored = evaluate_variants(predictor, raw, held, threshold, variants)
-    slices = evaluate_cache(predictor, str(cache_path), "test", threshold, tta=bool(own["tta"]))
+    own = plan["predict"]
+    variants = {"recipe": {"checkpoint": "best", **own}, **(POSTPROCESSING_GRID if postprocessing else {})}
+    predictors = {which: load_predictor(d / "run", which, device) for which in {v["checkpoint"] for v in variants.values()}}
+    threshold = predictors["best"].train_cfg.threshold
+    scored: dict[str, Any] = {}
+    for which, predictor in predictors.items():
+        scored.update(evaluate_variants(predictor, raw, held, threshold, {
+            name: {key: v[key] for key in own} for name, v in variants.items() if v["checkpoint"] == which}))
+    slices = evaluate_cache(predictors["best"], str(cache_path), "test", threshold, tta=bool(own["tta"]))
     out: dict[str, Any] = {
         "volume": scored["recipe"],
         "slices": {r: {key: v[key] for key in ("pooled", "per_slice_mean", "per_patient_dice", "counts")}

@@ -126,8 +126,8 @@ def crossval_table(summary: dict[str, Any]) -> None:
     for region in summary["regions"]:
         if "postprocessing" not in summary:
             break
-        t = Table(title=f"post-processing on the same models, region {region} (paired: variant - recipe's own "
-                        "setting per patient, mean ± standard error)")
+        t = Table(title=f"post-processing and model selection on the same training runs, region {region} "
+                        "(paired: variant - recipe's own setting per patient, mean ± standard error)")
         for col in ("variant", "3D Dice mean ± sd", "median", "worst", "HD95 median mm", "paired", "better / worse"):
             t.add_column(col, justify="left" if col == "variant" else "right")
         for name, v in summary["postprocessing"].items():

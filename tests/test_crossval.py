@@ -14,6 +14,8 @@ from brats2d import cache
 from brats2d.cli.main import cli
 from brats2d.config import PreprocessConfig
 from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
+from brats2d.evaluate import evaluate_volumes
+from brats2d.inference import load_predictor
 from brats2d.nifti import discover
 from brats2d.splits import split_patients
 
@@ -165,6 +167,10 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
     old = json.loads((src / "fold0" / "metrics.json").read_text())
     assert m["settings"]["predict"]["keep_largest"] is True and m["history"] == old["history"]
     assert {p["patient"] for p in m["postprocessing"]["TTA, none"]["regions"]["wt"]} == set(m["patients"]["test"])
+    # model selection: the last epoch's checkpoint is another model, scored the same way
+    last = {p["patient"]: p for p in m["postprocessing"]["last epoch, none"]["regions"]["wt"]}
+    direct = evaluate_volumes(load_predictor(out / "fold0" / "run", "latest", "cpu"), raw_dir, m["patients"]["test"], 0.5)
+    assert {p["patient"]: p for p in direct["wt"]["per_patient"]} == last
     res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test",
                                    "--keep-largest", "--rescore", "--postprocessing", *CLI_TINY])
     assert res.exit_code == 0, res.output
