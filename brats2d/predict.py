@@ -16,11 +16,6 @@ from .nifti import InputError, Patient, discover, load_patient, patient_from_fol
 from .preprocess import region_masks
 
 
-def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop 3D connected components (26-connectivity) smaller than `min_size` voxels from a bool mask."""
-    return postprocess(mask, min_size=min_size)
-
-
 def postprocess(mask: np.ndarray, min_size: int = 0, keep_largest: bool = False) -> np.ndarray:
     """A bool mask (X, Y, Z) without 3D components (26-connectivity) under `min_size` voxels and, with
     `keep_largest`, without every component but the largest (nnU-Net's single-lesion rule)."""
