@@ -119,11 +119,13 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", thre
     cache_path = cache_path or pred.cache_path
     data = SliceCache(cache_path, split)
     check_cache_matches(pred, data)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold,
-                              "tta": tta, "min_size": min_size, "keep_largest": keep_largest, "cache": str(cache_path), "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold, "tta": tta,
+        "min_size": min_size, "keep_largest": keep_largest, "cache": str(cache_path),
+        "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:
-        cases = data.meta.splits[split]
-        result["volume"] = evaluate_volumes(pred, raw, cases, threshold, tta=tta, min_size=min_size, keep_largest=keep_largest)
+        result["volume"] = evaluate_volumes(pred, raw, data.meta.splits[split], threshold, tta=tta,
+                                            min_size=min_size, keep_largest=keep_largest)
     text = json.dumps(result, indent=1, default=float) + "\n"
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):
         tmp = p.with_name(f".{p.name}.tmp")
