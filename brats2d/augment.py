@@ -61,3 +61,32 @@ def draw_codes(rng: np.random.Generator, n: int) -> np.ndarray:
     """n transform codes with the seed's probabilities: hflip p=0.5, vflip p=0.5, k uniform in 0..3."""
     draws = rng.integers(0, 2, size=(2, n))
     return transform_code(draws[0], draws[1], rng.integers(0, 4, size=n))
+
+
+def draw_intensity(rng: np.random.Generator, n: int, p: float, gamma: float, scale: float) -> np.ndarray | None:
+    """(n, 2) float32 per-sample (gamma, scale), or None when p == 0 (the seed: no intensity change).
+
+    With probability p a sample gets gamma = exp(U(-gamma, gamma)) and scale = U(1 - scale, 1 + scale);
+    the others get (1, 1). Drawn after the geometric codes, so turning this on leaves the order and the
+    flips/rotations of a (seed, epoch) unchanged.
+    """
+    if p <= 0:
+        return None
+    on = rng.random(n) < p
+    g = np.exp(rng.uniform(-gamma, gamma, n))
+    s = rng.uniform(1.0 - scale, 1.0 + scale, n)
+    return np.stack([np.where(on, g, 1.0), np.where(on, s, 1.0)], axis=1).astype(np.float32)
+
+
+def apply_intensity(x: "torch.Tensor", gains: np.ndarray) -> "torch.Tensor":
+    """x (B, C, S, S) float32 in [0, 1] -> scale * x**gamma per sample (same for every channel).
+
+    Gamma keeps 0 and 1 fixed (background stays 0) and bends the contrast between tissues; the scale
+    then shifts the brightness, so a sample's tumour is no longer at the intensity its site put it at.
+    Both are what scanner and protocol differences do to FLAIR after per-volume normalization.
+    """
+    import torch
+
+    g = torch.from_numpy(gains).to(x.dtype)
+    gamma, scale = g[:, 0].view(-1, 1, 1, 1), g[:, 1].view(-1, 1, 1, 1)
+    return x.clamp_min(0).pow(gamma).mul(scale)

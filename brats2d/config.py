@@ -88,6 +88,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     augment: bool = True
+    intensity_p: float = 0.0  # per-slice probability of a random gamma/brightness change (0: the seed, off)
+    intensity_gamma: float = 0.35  # gamma = exp(U(-g, g)): 0.70..1.42
+    intensity_scale: float = 0.25  # brightness x U(1 - s, 1 + s)
     base_channels: int = 32
     depth: int = 4
     dropout: float = 0.0
@@ -107,6 +110,9 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"weight_decay: must be >= 0, got {self.weight_decay}")
         _check(self.schedule in ("none", "cosine"), f"schedule: {self.schedule!r} (choose from none, cosine)")
         _check(self.loss in LOSSES, f"loss: unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        _check(0.0 <= self.intensity_p <= 1.0, f"intensity_p: must be in [0, 1], got {self.intensity_p}")
+        _check(0.0 <= self.intensity_gamma <= 2.0, f"intensity_gamma: must be in [0, 2], got {self.intensity_gamma}")
+        _check(0.0 <= self.intensity_scale < 1.0, f"intensity_scale: must be in [0, 1), got {self.intensity_scale}")
         _check(self.grad_clip >= 0, f"grad_clip: must be >= 0 (0 turns it off), got {self.grad_clip}")
         _check(self.base_channels >= 1, f"base_channels: must be >= 1, got {self.base_channels}")
         _check(1 <= self.depth <= 6, f"depth: must be in 1..6, got {self.depth}")

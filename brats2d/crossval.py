@@ -119,6 +119,9 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
         "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
     old = _read(out / PLAN)
     if old is not None and not restart:
+        # Settings added after the plan was written take their default, which is what those folds used.
+        for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
+            old[key] = {**to_dict(cls()), **old.get(key, {})}
         changes = diff(_flat({**old, "raw": None}), _flat({**plan, "raw": None}))
         predict_only = all(c.startswith("predict.") for c in changes)
         if changes and rescore and predict_only:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import cache
-from .augment import apply_batch, draw_codes
+from .augment import apply_batch, apply_intensity, draw_codes, draw_intensity
 
 
 # Release mapped pages after this many gathered bytes. The kernel maps whole page-cache folios (up to
@@ -34,14 +34,18 @@ class EpochPlan:
     codes: np.ndarray | None  # (n,) int64 transform codes, None without augmentation
     batch_size: int
     drop_last: bool
+    gains: np.ndarray | None = None  # (n, 2) float32 (gamma, scale) of the image intensities, None: unchanged
 
     @classmethod
     def make(cls, n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
-             augment: bool = True, drop_last: bool = False) -> "EpochPlan":
+             augment: bool = True, drop_last: bool = False,
+             intensity: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> "EpochPlan":
+        """intensity: (p, gamma, scale) of `augment.draw_intensity`, used only with augment=True."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
         codes = draw_codes(rng, n) if augment else None
-        return cls(order.astype(np.int64), codes, batch_size, drop_last)
+        gains = draw_intensity(rng, n, *intensity) if augment else None
+        return cls(order.astype(np.int64), codes, batch_size, drop_last, gains)
 
     def __len__(self) -> int:
         n = len(self.order)
@@ -66,14 +70,15 @@ class EpochPlan:
         total = -(-n // world) * world if pad and n > 0 else n
         take = (np.arange(total) % max(n, 1))[rank::world]
         return EpochPlan(self.order[take], None if self.codes is None else self.codes[take], self.batch_size,
-                         self.drop_last)
+                         self.drop_last, None if self.gains is None else self.gains[take])
 
-    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(indices, codes) of batch b, indices sorted so the memmap is read forward."""
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(indices, codes, gains) of batch b, indices sorted so the memmap is read forward."""
         sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
         idx = self.order[sl]
         srt = np.argsort(idx, kind="stable")
-        return idx[srt], None if self.codes is None else self.codes[sl][srt]
+        return (idx[srt], None if self.codes is None else self.codes[sl][srt],
+                None if self.gains is None else self.gains[sl][srt])
 
 
 class SliceCache:
@@ -129,8 +134,10 @@ class SliceCache:
         """(patient (N,) str, slice (N,) int32)."""
         return cache.read_index(self.path, self.split)
 
-    def gather(self, idx: np.ndarray, codes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, S, S) and masks (B, K, S, S) as float32 tensors for sorted `idx`, transformed by `codes`."""
+    def gather(self, idx: np.ndarray, codes: np.ndarray | None = None,
+               gains: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, S, S) and masks (B, K, S, S) as float32 tensors for sorted `idx`, transformed by
+        `codes` (both) and `gains` (images only)."""
         images, masks = self.arrays()
         x, y = images[idx], masks[idx]
         self._since_release += x.nbytes + y.nbytes
@@ -139,7 +146,8 @@ class SliceCache:
         if codes is not None:
             x, y = apply_batch(x, codes), apply_batch(y, codes)
         # torch's float16/uint8 -> float32 conversion is vectorized; numpy's astype is ~15x slower here.
-        return torch.from_numpy(x).float(), torch.from_numpy(y).float()
+        xt = torch.from_numpy(x).float()
+        return (xt if gains is None else apply_intensity(xt, gains)), torch.from_numpy(y).float()
 
 
 class _EpochBatches(torch.utils.data.Dataset):

@@ -232,8 +232,9 @@ def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_d
         handlers = {sig: signal.signal(sig, lambda n, f: stop.update(signal=n)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for epoch in range(st["epoch"], cfg.epochs):
-                plan = EpochPlan.make(len(s["train"]), cfg.batch_size, cfg.seed, epoch,
-                                      augment=cfg.augment).shard(d.rank, d.world)
+                plan = EpochPlan.make(len(s["train"]), cfg.batch_size, cfg.seed, epoch, augment=cfg.augment,
+                                      intensity=(cfg.intensity_p, cfg.intensity_gamma, cfg.intensity_scale),
+                                      ).shard(d.rank, d.world)
                 t0, seen0 = time.perf_counter(), st["seen"]
                 for step, (x, y) in enumerate(iterate(s["train"], plan, st["step"], num_workers,
                                                       s["device"].type == "cuda"), start=st["step"]):

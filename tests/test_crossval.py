@@ -123,6 +123,23 @@ def test_rerun_skips_finished_folds_and_refuses_other_settings(cv: tuple[Path, d
     assert "skipped" in res.output and "cross-validation" in res.output
 
 
+def test_settings_added_later_take_their_default_in_an_old_plan(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder written before a setting existed resumes: the new setting's default is what it used."""
+    out = tmp_path / "old"
+    shutil.copytree(cv[0], out)
+    plan = json.loads((out / "crossval.json").read_text())
+    del plan["train"]["intensity_p"], plan["preprocess"]["dtype"]
+    (out / "crossval.json").write_text(json.dumps(plan))
+    monkeypatch.setattr("brats2d.train.train", lambda *a, **k: pytest.fail("a finished fold was run again"))
+    again = crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides=OVERRIDES, include_test=True,
+                     device="cpu", workers=1, log=lambda m: None)
+    assert json.dumps(again["regions"]) == json.dumps(cv[1]["regions"])
+    with pytest.raises(CrossvalError, match="train.intensity_p: 0.0 -> 0.5"):
+        crossval(raw_dir, out, folds=3, seed=42, recipe="seed", include_test=True, device="cpu", workers=1,
+                 overrides={**OVERRIDES, "train": {**TRAIN, "intensity_p": 0.5}}, log=lambda m: None)
+
+
 def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cv"
     res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--fold", "0", *CLI_TINY])

@@ -43,13 +43,41 @@ def test_batches_and_transforms_follow_image_mask_pairs(tiny_cache: Path) -> Non
     data = SliceCache(tiny_cache, "train")
     images, masks = data.arrays()
     plan = EpochPlan.make(len(data), 4, seed=3, epoch=0)
-    idx, codes = plan.batch(0)
+    idx, codes, _ = plan.batch(0)
     x, y = data.gather(idx, codes)
     assert x.dtype == torch.float32 and y.dtype == torch.float32 and x.shape[1:] == images.shape[1:]
     for j in range(len(idx)):
         np.testing.assert_array_equal(x[j].numpy(), apply_one(np.asarray(images[idx[j]], np.float32), codes[j]))
         np.testing.assert_array_equal(y[j].numpy(), apply_one(np.asarray(masks[idx[j]], np.float32), codes[j]))
 
+
+
+def test_intensity_augmentation_changes_images_only_and_keeps_the_stream(tiny_cache: Path) -> None:
+    data = SliceCache(tiny_cache, "train")
+    images, masks = data.arrays()
+    plain = EpochPlan.make(len(data), 4, seed=3, epoch=1)
+    plan = EpochPlan.make(len(data), 4, seed=3, epoch=1, intensity=(0.5, 0.35, 0.25))
+    assert plain.gains is None and plan.gains is not None and plan.gains.shape == (len(data), 2)
+    # Switching it on draws after the order and the flips: the geometric stream is the seed's.
+    np.testing.assert_array_equal(plain.order, plan.order)
+    np.testing.assert_array_equal(plain.codes, plan.codes)
+    gamma, scale = plan.gains[:, 0], plan.gains[:, 1]
+    on = (gamma != 1) | (scale != 1)
+    assert 0 < on.sum() < len(data)  # p = 0.5: some slices changed, some not
+    assert np.all((gamma > np.exp(-0.35) - 1e-6) & (gamma < np.exp(0.35) + 1e-6))
+    assert np.all((scale >= 0.75 - 1e-6) & (scale <= 1.25 + 1e-6))
+    for b in range(len(plan)):
+        idx, codes, gains = plan.batch(b)
+        x, y = data.gather(idx, codes, gains)
+        for j in range(len(idx)):
+            geo = apply_one(np.asarray(images[idx[j]], np.float32), codes[j])
+            want = gains[j, 1] * np.power(np.clip(geo, 0, None), gains[j, 0])
+            np.testing.assert_allclose(x[j].numpy(), want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(y[j].numpy(), apply_one(np.asarray(masks[idx[j]], np.float32), codes[j]))
+    # Without augmentation (validation) nothing is drawn, whatever the intensity setting.
+    assert EpochPlan.make(len(data), 4, 3, 1, augment=False, intensity=(1.0, 0.35, 0.25)).gains is None
+    sharded = plan.shard(1, 2)
+    np.testing.assert_array_equal(sharded.gains, plan.gains[np.arange(1, len(data) + len(data) % 2, 2) % len(data)])
 
 def test_same_seed_same_stream_and_epochs_differ(tiny_cache: Path) -> None:
     data = SliceCache(tiny_cache, "train")

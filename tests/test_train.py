@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from brats2d import checkpoint
-from brats2d.config import TrainConfig
+from brats2d.config import ConfigError, TrainConfig
 from brats2d.rundir import RunError
 from brats2d.train import train
 
@@ -24,7 +24,7 @@ from .conftest import TINY
 KILL_SCRIPT = """
 import os, signal, sys
 import brats2d.train as T
-from brats2d.config import TrainConfig
+from brats2d.config import ConfigError, TrainConfig
 kill_at, n = int(sys.argv[3]), [0]
 step = T.train_step
 def killing_step(*a, **k):
@@ -59,9 +59,16 @@ def test_tiny_unet_learns(tiny_cache: Path, tmp_path: Path) -> None:
     assert json.loads(best["metrics"])["val_dice"] == max(h["val_dice"] for h in hist)
 
 
-@pytest.mark.parametrize("kill_at", [2, 7, 16])
-def test_sigkill_then_resume_is_bit_exact(tiny_cache: Path, tmp_path: Path, kill_at: int) -> None:
-    cfg = TrainConfig(**TINY)
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0.0), dict(loss="l2"), dict(schedule="step"),
+                                 dict(intensity_p=1.5), dict(intensity_gamma=-0.1), dict(intensity_scale=1.0)])
+def test_train_config_errors_name_the_setting(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("kill_at,intensity_p", [(2, 0.0), (7, 0.5), (16, 0.0)])
+def test_sigkill_then_resume_is_bit_exact(tiny_cache: Path, tmp_path: Path, kill_at: int, intensity_p: float) -> None:
+    cfg = TrainConfig(**TINY, intensity_p=intensity_p)
     ref = tmp_path / "ref"
     train(tiny_cache, ref, cfg, log=lambda m: None)
     run = tmp_path / "killed"
