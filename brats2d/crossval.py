@@ -23,7 +23,8 @@ Layout: ``OUT/crossval.json`` (recipe, every setting, folds and patient lists), 
 Post-processing is chosen the way nnU-Net chooses it: with ``postprocessing`` each held-out patient is
 also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 voxels dropped / only
 the largest component, with the best-validation checkpoint; and model selection: the last epoch's
-checkpoint instead), from three forward passes per patient (plus 8 for TTA), and the summary reports
+checkpoint instead, or the mean of both as a two-model ensemble), from five forward passes per patient
+(plus 8 for TTA), and the summary reports
 each variant's per-patient Dice and its paired difference to the recipe's own setting.
 ``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
 accepts a plan that differs from the folder's in predict settings only.
@@ -51,10 +52,11 @@ from .splits import kfold, load_splits, save_splits, split_patients
 
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
 STAGES = ("preprocess", "train", "predict")
+_CHECKPOINT_LABEL = {"best": "", "latest": "last epoch, ", "best+latest": "best+last ensemble, "}
 POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
-    f"{'last epoch, ' if ck == 'latest' else ''}{'TTA, ' if tta else ''}{name}":
+    f"{_CHECKPOINT_LABEL[ck]}{'TTA, ' if tta else ''}{name}":
         {"checkpoint": ck, "tta": tta, "min_size": min_size, "keep_largest": largest}
-    for ck, tta in (("best", False), ("best", True), ("latest", False))
+    for ck, tta in (("best", False), ("best", True), ("latest", False), ("best+latest", False))
     for name, min_size, largest in (("none", 0, False), ("drop < 100 voxels", 100, False), ("largest only", 0, True))}
 
 

@@ -20,17 +20,29 @@ from .device import autocast_context, keep_freed_memory, resolve_device, resolve
 TTA_CODES = (0, 1, 2, 3, 8, 9, 10, 11)
 
 
+CHECKPOINTS = ("best", "latest", "best+latest")
+
+
 @dataclass
 class Predictor:
-    """A trained model with the settings it was trained under."""
+    """One trained model, or an ensemble of models that share a preprocessing, with their settings.
 
-    model: UNet
+    An ensemble averages the members' sigmoid probabilities (as nnU-Net does across its folds);
+    `train_cfg` and `run_dir` are the first member's.
+    """
+
+    models: list[UNet]
     train_cfg: TrainConfig
     prep_cfg: PreprocessConfig
     device: torch.device
     precision: str
     run_dir: Path
     cache_path: str
+
+    @property
+    def model(self) -> UNet:
+        """The first member (the only one unless an ensemble)."""
+        return self.models[0]
 
     @property
     def regions(self) -> list[str]:
@@ -43,9 +55,9 @@ class Predictor:
         With `tta` (8 symmetric views) or `mc_dropout` = T > 0 (T stochastic passes with dropout on),
         also returns the per-pixel variance of the samples (N, K, S, S) as an uncertainty map.
         """
-        self.model.eval()
+        self._eval()
         if mc_dropout:
-            for m in self.model.modules():
+            for m in (m for net in self.models for m in net.modules()):
                 if isinstance(m, torch.nn.Dropout2d):
                     m.train()  # dropout stays stochastic; BatchNorm keeps its running statistics
         codes = TTA_CODES if tta else (0,)
@@ -65,16 +77,25 @@ class Predictor:
         n = len(codes) * reps
         mean /= n
         var = None if sq is None else np.maximum(sq / n - mean * mean, 0.0)
-        self.model.eval()
+        self._eval()
         return mean, var
 
+    def _eval(self) -> None:
+        for net in self.models:
+            net.eval()
+
     def _forward(self, x: torch.Tensor) -> np.ndarray:
+        """Sigmoid probabilities (B, K, S, S) float32, averaged over the members."""
         x = x.to(self.device)
         if self.train_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        p = None
         with autocast_context(self.device, self.precision):
-            logits = self.model(x)
-        return torch.sigmoid(logits.float()).cpu().numpy()
+            for net in self.models:
+                q = torch.sigmoid(net(x).float())
+                p = q if p is None else p.add_(q)
+        assert p is not None
+        return p.div_(len(self.models)).cpu().numpy()
 
     def volume(self, image: np.ndarray, normalized: bool = False, **kw) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every axial slice.
@@ -111,24 +132,43 @@ def _resize_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return t.numpy()
 
 
-def load_predictor(run_dir: str | Path, which: str = "best", device: str = "auto") -> Predictor:
-    """Load best_model.pth (or latest_checkpoint.pth) of a run, weights-only."""
-    run_dir = Path(run_dir)
-    name = {"best": "best_model.pth", "latest": "latest_checkpoint.pth"}.get(which)
-    if name is None:
-        raise ValueError(f"checkpoint: {which!r} (choose from best, latest)")
-    ck = checkpoint.load(run_dir / name)
-    ident = json.loads(ck["identity"])
-    tcfg = from_dict(TrainConfig, ident["train"])
-    pcfg = from_dict(PreprocessConfig, ident["cache"]["config"])
+def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", device: str = "auto") -> Predictor:
+    """Load best_model.pth (or latest_checkpoint.pth, or both as an ensemble) of a run, weights-only.
+
+    `run_dir` may list several runs (e.g. the fold models of a cross-validation): every listed
+    checkpoint of every run becomes an ensemble member. Members must share the preprocessing (the
+    input they expect) and the output channels; ValueError names the run that differs.
+    """
+    if which not in CHECKPOINTS:
+        raise ValueError(f"checkpoint: {which!r} (choose from {', '.join(CHECKPOINTS)})")
+    runs = [Path(r) for r in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    if not runs:
+        raise ValueError("load_predictor: no run folder given")
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_memory()
-    model = build_model(ident["model"]["in_channels"], ident["model"]["out_channels"], tcfg.base_channels,
-                        tcfg.depth, tcfg.dropout)
-    model.load_state_dict(ck["model"])
-    model = model.to(dev).eval()
-    if tcfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), run_dir,
-                     ident.get("cache_path", ""))
+    names = {"best": ["best_model.pth"], "latest": ["latest_checkpoint.pth"],
+             "best+latest": ["best_model.pth", "latest_checkpoint.pth"]}[which]
+    models: list[UNet] = []
+    first: tuple[TrainConfig, PreprocessConfig, dict, str] | None = None
+    for run in runs:
+        for name in names:
+            ck = checkpoint.load(run / name)
+            ident = json.loads(ck["identity"])
+            tcfg = from_dict(TrainConfig, ident["train"])
+            pcfg = from_dict(PreprocessConfig, ident["cache"]["config"])
+            if first is None:
+                first = (tcfg, pcfg, ident["model"], ident.get("cache_path", ""))
+            elif (pcfg, ident["model"]["out_channels"]) != (first[1], first[2]["out_channels"]):
+                raise ValueError(f"{run / name}: was trained on other preprocessing settings or regions than "
+                                 f"{runs[0]} (an ensemble needs the same input and output)")
+            model = build_model(ident["model"]["in_channels"], ident["model"]["out_channels"], tcfg.base_channels,
+                                tcfg.depth, tcfg.dropout)
+            model.load_state_dict(ck["model"])
+            model = model.to(dev).eval()
+            if tcfg.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            models.append(model)
+    assert first is not None
+    tcfg, pcfg, _, cache_path = first
+    return Predictor(models, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), runs[0], cache_path)

@@ -170,7 +170,8 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @cli.command("eval")
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--checkpoint", type=click.Choice(["best", "latest", "best+latest"]), default="best", show_default=True,
+              help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--cache", default=None, help="default: the cache the run was trained on")
 @click.option("--raw", type=click.Path(exists=True, file_okay=False), help="also score whole volumes from this raw folder")
@@ -201,9 +202,11 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--run-dir", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="a trained run; give it several times for an ensemble (e.g. the fold runs of a crossval)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--checkpoint", type=click.Choice(["best", "latest", "best+latest"]), default="best", show_default=True,
+              help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
 @click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
@@ -213,7 +216,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="its predict settings (min-size, tta, keep-largest)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
-def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, threshold: float | None,
+def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpoint: str, threshold: float | None,
             probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
             device: str) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space."""
@@ -225,7 +228,7 @@ def predict(inputs: tuple[str, ...], run_dir: str, out: str, checkpoint: str, th
     ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest},
                       click.get_current_context(), stage="predict")
 
-    pred = load_predictor(run_dir, checkpoint, device)
+    pred = load_predictor(list(run_dir), checkpoint, device)
     if mc_dropout and pred.train_cfg.dropout == 0:
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold

@@ -47,6 +47,12 @@ def test_readme_pipeline_through_the_cli(tmp_path: Path) -> None:
     test_case = json.loads(cache.with_name("c.splits.json").read_text())["test"][0]
     _ok(r, ["predict", str(raw / test_case), "--run-dir", str(run), "--out", str(out), "--device", "cpu"])
     assert (out / f"{test_case}_pred.nii.gz").is_file() and (out / "metrics.csv").is_file()
+    # An ensemble: both checkpoints of the run, given twice (every listed run is a member).
+    _ok(r, ["predict", str(raw / test_case), "--run-dir", str(run), "--run-dir", str(run), "--checkpoint",
+            "best+latest", "--out", str(tmp_path / "ens"), "--device", "cpu"])
+    assert (tmp_path / "ens" / f"{test_case}_pred.nii.gz").is_file()
+    _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--checkpoint", "best+latest"])
+    assert json.loads((run / "metrics_test.json").read_text())["checkpoint"] == "best+latest"
     _ok(r, ["report", "--run-dir", str(run), "--device", "cpu"])
     assert (run / "curves.png").is_file() and (run / "overlays.png").is_file()
 

@@ -188,6 +188,10 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
     last = {p["patient"]: p for p in m["postprocessing"]["last epoch, none"]["regions"]["wt"]}
     direct = evaluate_volumes(load_predictor(out / "fold0" / "run", "latest", "cpu"), raw_dir, m["patients"]["test"], 0.5)
     assert {p["patient"]: p for p in direct["wt"]["per_patient"]} == last
+    both = {p["patient"]: p for p in m["postprocessing"]["best+last ensemble, none"]["regions"]["wt"]}
+    direct = evaluate_volumes(load_predictor(out / "fold0" / "run", "best+latest", "cpu"), raw_dir,
+                              m["patients"]["test"], 0.5)
+    assert {p["patient"]: p for p in direct["wt"]["per_patient"]} == both
     res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test",
                                    "--keep-largest", "--rescore", "--postprocessing", *CLI_TINY])
     assert res.exit_code == 0, res.output

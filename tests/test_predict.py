@@ -46,7 +46,7 @@ def _mask_as_flair(raw: Path) -> None:
 def test_identity_model_through_the_full_predict_path(tmp_path: Path) -> None:
     raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
     _mask_as_flair(raw)
-    pred = Predictor(Identity(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
+    pred = Predictor([Identity()], TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
                      torch.device("cpu"), "fp32", tmp_path, "")
     rows, errors = predict(pred, [raw], tmp_path / "out", threshold=0.5)
     assert not errors and len(rows) == 2
@@ -83,7 +83,7 @@ def test_score_variants_match_predict_case_and_post_processing_helps(tmp_path: P
     assert not data[2:10, 2:10, 2:5].any()  # a corner away from the tumour ...
     data[2:10, 2:10, 2:5] = 1000  # ... gets a bright blob: a false positive of the identity model
     nib.save(nib.Nifti1Image(data, img.affine, img.header), str(path))
-    pred = Predictor(Identity(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
+    pred = Predictor([Identity()], TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
                      torch.device("cpu"), "fp32", tmp_path, "")
     plain = {"tta": False, "min_size": 0, "keep_largest": False}
     rows = score_variants(pred, folder, 0.5, {"plain": plain, "largest": {**plain, "keep_largest": True},
@@ -119,6 +119,34 @@ def test_prediction_is_a_nifti_in_the_input_space(tiny_run: Path, raw_dir: Path,
     assert 0.0 <= p.min() and p.max() <= 1.0 and np.asarray(unc.dataobj).min() >= 0.0
     assert {"dice", "hd95", "tumour_voxels", "pred_voxels"} <= set(row["regions"]["wt"])
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_ensemble_averages_member_probabilities(tiny_run: Path, raw_dir: Path, tmp_path: Path) -> None:
+    case = raw_dir / sorted(p.name for p in raw_dir.iterdir())[0]
+    from brats2d.nifti import load_patient, patient_from_folder
+
+    image = load_patient(patient_from_folder(case), ("flair",), need_seg=False)[0]
+    best, last = (load_predictor(tiny_run, w, "cpu").volume(image)[0] for w in ("best", "latest"))
+    both = load_predictor(tiny_run, "best+latest", "cpu")
+    assert len(both.models) == 2
+    np.testing.assert_allclose(both.volume(image)[0], (best + last) / 2, atol=1e-6)
+    # Several runs: each listed run's checkpoint is a member (here the same run twice: the same mean).
+    twice = load_predictor([tiny_run, tiny_run], "best", "cpu")
+    assert len(twice.models) == 2
+    np.testing.assert_allclose(twice.volume(image)[0], best, atol=1e-6)
+    with pytest.raises(ValueError, match="choose from best, latest, best[+]latest"):
+        load_predictor(tiny_run, "last", "cpu")
+
+
+def test_ensemble_members_must_share_the_input(tiny_run: Path, raw_dir: Path, tmp_path: Path) -> None:
+    from brats2d.preprocess import preprocess
+
+    other = tmp_path / "pct.h5"
+    preprocess(raw_dir, other, PreprocessConfig(size=SIZE, norm="percentile"), workers=1)
+    run = tmp_path / "pct"
+    train(other, run, TrainConfig(**{**TINY, "epochs": 1}), log=lambda m: None)
+    with pytest.raises(ValueError, match="pct/best_model.pth: was trained on other preprocessing"):
+        load_predictor([tiny_run, run], "best", "cpu")
 
 
 def test_wrong_inputs_are_clear_errors(tiny_run: Path, raw_copy: Path, tmp_path: Path) -> None:
@@ -184,7 +212,7 @@ def test_slices_outside_the_head_are_not_run_through_the_model(tmp_path: Path) -
             seen.append(len(x))
             return super().forward(x)
 
-    pred = Predictor(Counting(), TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=16),
+    pred = Predictor([Counting()], TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=16),
                      torch.device("cpu"), "fp32", tmp_path, "")
     vol = np.zeros((1, 24, 24, 10), np.float32)
     vol[0, 4:20, 4:20, 3:7] = 100.0
