@@ -17,6 +17,7 @@ NORMS = ("minmax", "percentile")
 LOSSES = ("bce", "dice", "bce+dice", "focal", "dice+focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_DTYPES = ("float16", "float32")
+CHECKPOINTS = ("best", "latest", "best+latest")  # which model(s) of a run predict: best+latest averages both
 
 
 class ConfigError(ValueError):

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ConfigError, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
-from .recipes import predict_settings, recipe as recipe_stage
+from .recipes import PREDICT_DEFAULTS, predict_settings, recipe as recipe_stage
 from .splits import kfold, load_splits, save_splits, split_patients
 
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
@@ -102,6 +102,17 @@ def fold_settings(plan: dict[str, Any], i: int) -> dict[str, Any]:
     return {**{k: plan[k] for k in keep}, "fold": i, "splits": plan["splits"][i]}
 
 
+def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """A plan or fold settings dict written before a setting existed, with that setting's default
+    filled in (what those folds used), so older output folders still resume and summarize."""
+    out = dict(settings)
+    for key, defaults in (("preprocess", to_dict(PreprocessConfig())), ("train", to_dict(TrainConfig())),
+                          ("predict", PREDICT_DEFAULTS)):
+        if isinstance(out.get(key), dict):
+            out[key] = {**defaults, **out[key]}
+    return out
+
+
 def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, seed: int = 42,
              recipe: str | None = "seed", overrides: dict[str, dict[str, Any]] | None = None,
              include_test: bool = False, fold: int | None = None, device: str = "auto", workers: int = 0,
@@ -121,9 +132,7 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
         "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
     old = _read(out / PLAN)
     if old is not None and not restart:
-        # Settings added after the plan was written take their default, which is what those folds used.
-        for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
-            old[key] = {**to_dict(cls()), **old.get(key, {})}
+        old = with_defaults(old)
         changes = diff(_flat({**old, "raw": None}), _flat({**plan, "raw": None}))
         predict_only = all(c.startswith("predict.") for c in changes)
         if changes and rescore and predict_only:
@@ -154,7 +163,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
 
     d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
     done = _read(d / METRICS)
-    if done is not None and done.get("settings") == ident and not (restart or rescore):
+    if done is not None and with_defaults(done.get("settings", {})) == ident and not (restart or rescore):
         log(f"fold {i} ({i + 1} of {k}): finished earlier ({d / METRICS}); skipped")
         return done
     if done is not None and rescore and not restart:
@@ -208,14 +217,15 @@ def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, pos
     cache_path = d / "cache.h5"
     held = read_meta(cache_path).splits["test"]
     own = plan["predict"]
-    variants = {"recipe": {"checkpoint": "best", **own}, **(POSTPROCESSING_GRID if postprocessing else {})}
+    variants = {"recipe": own, **(POSTPROCESSING_GRID if postprocessing else {})}
     predictors = {which: load_predictor(d / "run", which, device) for which in {v["checkpoint"] for v in variants.values()}}
-    threshold = predictors["best"].train_cfg.threshold
+    threshold = predictors[own["checkpoint"]].train_cfg.threshold
     scored: dict[str, Any] = {}
     for which, predictor in predictors.items():
         scored.update(evaluate_variants(predictor, raw, held, threshold, {
-            name: {key: v[key] for key in own} for name, v in variants.items() if v["checkpoint"] == which}))
-    slices = evaluate_cache(predictors["best"], str(cache_path), "test", threshold, tta=bool(own["tta"]))
+            name: {key: v[key] for key in ("tta", "min_size", "keep_largest")}
+            for name, v in variants.items() if v["checkpoint"] == which}))
+    slices = evaluate_cache(predictors[own["checkpoint"]], str(cache_path), "test", threshold, tta=bool(own["tta"]))
     out: dict[str, Any] = {
         "volume": scored["recipe"],
         "slices": {r: {key: v[key] for key in ("pooled", "per_slice_mean", "per_patient_dice", "counts")}
@@ -243,7 +253,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
     fold_metrics, missing = [], []
     for i in range(plan["folds"]):
         m = _read(out / f"fold{i}" / METRICS)
-        if m is not None and m.get("settings") == fold_settings(plan, i):
+        if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i):
             fold_metrics.append(m)
         else:
             missing.append(i)

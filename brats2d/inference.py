@@ -11,16 +11,13 @@ import torch
 
 from . import checkpoint
 from .augment import apply_batch, invert_one
-from .config import PreprocessConfig, TrainConfig, from_dict
+from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
 from .model import UNet, build_model
 from .preprocess import normalize, resize_slices
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
 # The 8 distinct transforms of the training augmentation (k quarter-turns, with and without hflip).
 TTA_CODES = (0, 1, 2, 3, 8, 9, 10, 11)
-
-
-CHECKPOINTS = ("best", "latest", "best+latest")
 
 
 @dataclass

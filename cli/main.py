@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from brats2d import __version__
-from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
+from brats2d.config import CHECKPOINTS, ConfigError, PreprocessConfig, TrainConfig
 from brats2d.recipes import PREDICT_DEFAULTS, RECIPES  # light: no heavy imports
 
 DEFAULT_CACHE = "data_cache/brats2d.h5"
@@ -170,7 +170,7 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @cli.command("eval")
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--checkpoint", type=click.Choice(["best", "latest", "best+latest"]), default="best", show_default=True,
+@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True,
               help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--cache", default=None, help="default: the cache the run was trained on")
@@ -180,7 +180,7 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
               help="whole volumes: drop 3D components smaller than this (voxels)")
 @click.option("--keep-largest", is_flag=True, help="whole volumes: keep only the largest 3D component")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="its predict settings (min-size, tta, keep-largest)")
+              help="its predict settings (min-size, tta, keep-largest, checkpoint)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
@@ -191,11 +191,11 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
     from brats2d.inference import load_predictor
     from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest},
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest, "checkpoint": checkpoint},
                       click.get_current_context(), stage="predict")
-    th = threshold if threshold is not None else load_predictor(run_dir, checkpoint, "cpu").train_cfg.threshold
-    result = run(run_dir, split, checkpoint, th, cache, raw, device, ps["tta"], json_path, min_size=ps["min_size"],
-                 keep_largest=ps["keep_largest"])
+    th = threshold if threshold is not None else load_predictor(run_dir, ps["checkpoint"], "cpu").train_cfg.threshold
+    result = run(run_dir, split, ps["checkpoint"], th, cache, raw, device, ps["tta"], json_path,
+                 min_size=ps["min_size"], keep_largest=ps["keep_largest"])
     eval_tables(result)
     click.echo(f"wrote {Path(run_dir) / f'metrics_{split}.json'}")
 
@@ -205,7 +205,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--run-dir", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="a trained run; give it several times for an ensemble (e.g. the fold runs of a crossval)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--checkpoint", type=click.Choice(["best", "latest", "best+latest"]), default="best", show_default=True,
+@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True,
               help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
@@ -214,7 +214,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
 @click.option("--keep-largest", is_flag=True, help="keep only the largest 3D component of each region")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="its predict settings (min-size, tta, keep-largest)")
+              help="its predict settings (min-size, tta, keep-largest, checkpoint)")
 @click.option("--device", default="auto", callback=_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpoint: str, threshold: float | None,
             probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
@@ -225,10 +225,9 @@ def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpo
     from brats2d.predict import predict as run
     from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest},
+    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest, "checkpoint": checkpoint},
                       click.get_current_context(), stage="predict")
-
-    pred = load_predictor(list(run_dir), checkpoint, device)
+    pred = load_predictor(list(run_dir), ps.pop("checkpoint"), device)
     if mc_dropout and pred.train_cfg.dropout == 0:
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
@@ -298,6 +297,8 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")
 @click.option("--keep-largest/--no-keep-largest", default=PREDICT_DEFAULTS["keep_largest"], show_default=True,
               help="predict: keep only the largest 3D component")
+@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default=PREDICT_DEFAULTS["checkpoint"],
+              show_default=True, help="predict: which model(s) of each fold's run (best+latest: their mean)")
 @config_options(TrainConfig, skip=("seed",))
 def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, include_test: bool, fold: int | None,
              device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool, **kw: Any) -> None:

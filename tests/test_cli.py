@@ -35,9 +35,11 @@ def test_readme_pipeline_through_the_cli(tmp_path: Path) -> None:
     assert diff.exit_code == 2 and "lr" in diff.output and "Traceback" not in diff.output
     _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu", "--raw", str(raw), "--recipe", "brats2d"])
     saved = json.loads((run / "metrics_test.json").read_text())
-    assert saved["keep_largest"] is True and "volume" in saved  # the recipe's predict settings
+    assert saved["keep_largest"] is True and saved["checkpoint"] == "best+latest" and "volume" in saved  # the recipe's
     _ok(r, ["eval", "--run-dir", str(run), "--split", "test", "--device", "cpu", "--recipe", "brats2d", "--min-size", "7"])
     assert json.loads((run / "metrics_test.json").read_text())["min_size"] == 7  # explicit options win
+    _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--recipe", "brats2d", "--checkpoint", "best"])
+    assert json.loads((run / "metrics_test.json").read_text())["checkpoint"] == "best"
     _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--raw", str(raw)])
     plain = json.loads((run / "metrics_test.json").read_text())["volume"]["wt"]["per_patient"]
     _ok(r, ["eval", "--run-dir", str(run), "--device", "cpu", "--raw", str(raw), "--keep-largest"])

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from brats2d import cache
 from brats2d.cli.main import cli
-from brats2d.config import PreprocessConfig
+from brats2d.config import ConfigError, PreprocessConfig
 from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
 from brats2d.evaluate import evaluate_volumes
 from brats2d.inference import load_predictor
@@ -53,8 +53,10 @@ def test_folds_exclude_seed_test_and_partition() -> None:
 def test_recipe_settings_and_explicit_overrides() -> None:
     p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
     assert (p.norm, p.empty_slices, t.loss, t.schedule, t.epochs) == ("percentile", 0.3, "bce", "cosine", 3)
-    assert pred == {"min_size": 0, "tta": True, "keep_largest": True}
-    assert settings("seed")[2] == {"min_size": 0, "tta": False, "keep_largest": False}
+    assert pred == {"min_size": 0, "tta": True, "keep_largest": True, "checkpoint": "best+latest"}
+    assert settings("seed")[2] == {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
+    with pytest.raises(ConfigError, match="checkpoint: 'last'"):
+        settings("seed", {"predict": {"checkpoint": "last"}})
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +131,12 @@ def test_settings_added_later_take_their_default_in_an_old_plan(cv: tuple[Path, 
     out = tmp_path / "old"
     shutil.copytree(cv[0], out)
     plan = json.loads((out / "crossval.json").read_text())
-    del plan["train"]["intensity_p"], plan["preprocess"]["dtype"]
+    del plan["train"]["intensity_p"], plan["preprocess"]["dtype"], plan["predict"]["checkpoint"]
     (out / "crossval.json").write_text(json.dumps(plan))
+    for i in range(3):  # and in each finished fold's record of its settings
+        m = json.loads((out / f"fold{i}" / "metrics.json").read_text())
+        del m["settings"]["train"]["intensity_p"], m["settings"]["predict"]["checkpoint"]
+        (out / f"fold{i}" / "metrics.json").write_text(json.dumps(m))
     monkeypatch.setattr("brats2d.train.train", lambda *a, **k: pytest.fail("a finished fold was run again"))
     again = crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides=OVERRIDES, include_test=True,
                      device="cpu", workers=1, log=lambda m: None)
@@ -196,3 +202,10 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
                                    "--keep-largest", "--rescore", "--postprocessing", *CLI_TINY])
     assert res.exit_code == 0, res.output
     assert "re-scoring" in res.output and "post-processing" in res.output and "largest" in res.output
+    # A recipe that predicts with the ensemble scores exactly what that grid cell scored.
+    cell = json.loads((out / "cv_summary.json").read_text())["postprocessing"]
+    ens = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test",
+                                   "--keep-largest", "--checkpoint", "best+latest", "--rescore", *CLI_TINY])
+    assert ens.exit_code == 0, ens.output
+    summary2 = json.loads((out / "cv_summary.json").read_text())
+    assert summary2["regions"]["wt"]["dice"] == cell["best+last ensemble, largest only"]["regions"]["wt"]["dice"]
