@@ -13,7 +13,8 @@ Protocol (honest by construction):
   and cost 5-fold CV a fifth of its training data.)
 * Each fold gets its own cache (preprocess with a splits file {train, val, test = held-out}), its own
   run, and two scores: whole volumes -- every axial slice of each held-out patient from the raw NIfTI
-  through the predict path with the recipe's ``min_size``/``tta``, per-patient 3D Dice and HD95 at
+  through the predict path with the recipe's ``checkpoint``/``min_size``/``keep_largest``/``tta``
+  (best+latest: the mean of the run's two models), per-patient 3D Dice and HD95 at
   native resolution -- and the seed's metric, pooled Dice over the held-out patients' cached slices.
   Patients that preprocess skips (unreadable, no tumour) are listed in metrics.json "skipped", unscored.
 
@@ -24,9 +25,8 @@ Post-processing is chosen the way nnU-Net chooses it: with ``postprocessing`` ea
 also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 voxels dropped / only
 the largest component, with the best-validation checkpoint; and model selection: the last epoch's
 checkpoint instead, or the mean of both as a two-model ensemble), from five forward passes per patient
-(plus 8 for TTA), and the summary reports
-each variant's per-patient Dice and its paired difference to the recipe's own setting.
-``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
+(plus 8 for TTA), and the summary reports each variant's per-patient Dice and its paired difference to
+the recipe's own setting. ``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
 accepts a plan that differs from the folder's in predict settings only.
 
 Resumable: a fold whose metrics.json records the same settings is skipped; a killed fold resumes
