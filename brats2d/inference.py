@@ -149,8 +149,12 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
     models: list[UNet] = []
     first: tuple[TrainConfig, PreprocessConfig, dict, str] | None = None
     for run in runs:
+        own: list[dict] = []  # this run's state dicts: best == latest when the best epoch was the last
         for name in names:
             ck = checkpoint.load(run / name)
+            if any(_same_weights(ck["model"], w) for w in own):
+                continue  # the mean of identical members is that member: skip the second forward pass
+            own.append(ck["model"])
             ident = json.loads(ck["identity"])
             tcfg = from_dict(TrainConfig, ident["train"])
             pcfg = from_dict(PreprocessConfig, ident["cache"]["config"])
@@ -169,3 +173,7 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
     assert first is not None
     tcfg, pcfg, _, cache_path = first
     return Predictor(models, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), runs[0], cache_path)
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -121,15 +122,26 @@ def test_prediction_is_a_nifti_in_the_input_space(tiny_run: Path, raw_dir: Path,
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
-def test_ensemble_averages_member_probabilities(tiny_run: Path, raw_dir: Path, tmp_path: Path) -> None:
+def test_ensemble_averages_member_probabilities(tiny_run: Path, tiny_cache: Path, raw_dir: Path, tmp_path: Path) -> None:
     case = raw_dir / sorted(p.name for p in raw_dir.iterdir())[0]
     from brats2d.nifti import load_patient, patient_from_folder
 
     image = load_patient(patient_from_folder(case), ("flair",), need_seg=False)[0]
-    best, last = (load_predictor(tiny_run, w, "cpu").volume(image)[0] for w in ("best", "latest"))
-    both = load_predictor(tiny_run, "best+latest", "cpu")
+    # A run whose last checkpoint is another model than its best (here: another seed's 1-epoch model).
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(tiny_run, run)
+    train(tiny_cache, other, TrainConfig(**{**TINY, "epochs": 1, "seed": 1}), log=lambda m: None)
+    shutil.copy(other / "latest_checkpoint.pth", run / "latest_checkpoint.pth")
+    best, last = (load_predictor(run, w, "cpu").volume(image)[0] for w in ("best", "latest"))
+    assert not np.array_equal(best, last)
+    both = load_predictor(run, "best+latest", "cpu")
     assert len(both.models) == 2
     np.testing.assert_allclose(both.volume(image)[0], (best + last) / 2, atol=1e-6)
+    # When the best epoch is the last one, both files hold one model: loaded once, same probabilities.
+    shutil.copy(run / "best_model.pth", run / "latest_checkpoint.pth")
+    one = load_predictor(run, "best+latest", "cpu")
+    assert len(one.models) == 1
+    np.testing.assert_array_equal(one.volume(image)[0], best)
     # Several runs: each listed run's checkpoint is a member (here the same run twice: the same mean).
     twice = load_predictor([tiny_run, tiny_run], "best", "cpu")
     assert len(twice.models) == 2
