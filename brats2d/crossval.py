@@ -26,8 +26,8 @@ also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 v
 the largest component, with the best-validation checkpoint; and model selection: the last epoch's
 checkpoint instead, or the mean of both as a two-model ensemble), from five forward passes per patient
 (plus 8 for TTA), and the summary reports each variant's per-patient Dice and its paired difference to
-the recipe's own setting. ``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
-accepts a plan that differs from the folder's in predict settings only.
+the recipe's own setting. ``rescore`` re-scores finished folds with their trained models (no
+preprocessing, no training) and accepts a plan that differs from the folder's in predict settings only.
 
 Resumable: a fold whose metrics.json records the same settings is skipped; a killed fold resumes
 (an up-to-date cache is reused, training resumes from its checkpoint). An OUT made with another plan

@@ -144,8 +144,7 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_memory()
-    names = {"best": ["best_model.pth"], "latest": ["latest_checkpoint.pth"],
-             "best+latest": ["best_model.pth", "latest_checkpoint.pth"]}[which]
+    names = [{"best": "best_model.pth", "latest": "latest_checkpoint.pth"}[w] for w in which.split("+")]
     models: list[UNet] = []
     first: tuple[TrainConfig, PreprocessConfig, dict, str] | None = None
     for run in runs:
