@@ -24,10 +24,11 @@ Layout: ``OUT/crossval.json`` (recipe, every setting, folds and patient lists), 
 Post-processing is chosen the way nnU-Net chooses it: with ``postprocessing`` each held-out patient is
 also scored under POSTPROCESSING_GRID (TTA or not x nothing / components < 100 voxels dropped / only
 the largest component, with the best-validation checkpoint; and model selection: the last epoch's
-checkpoint instead, or the mean of both as a two-model ensemble), from five forward passes per patient
-(plus 8 for TTA), and the summary reports each variant's per-patient Dice and its paired difference to
-the recipe's own setting. ``rescore`` re-scores finished folds with their trained models (no
-preprocessing, no training) and accepts a plan that differs from the folder's in predict settings only.
+checkpoint instead, or the mean of both as a two-model ensemble, whose largest-component cell is also
+scored at other thresholds), from five forward passes per patient (plus 8 for TTA), and the summary
+reports each variant's per-patient Dice and its paired difference to the recipe's own setting.
+``rescore`` re-scores finished folds with their trained models (no preprocessing, no training) and
+accepts a plan that differs from the folder's in predict settings only.
 
 Resumable: a fold whose metrics.json records the same settings is skipped; a killed fold resumes
 (an up-to-date cache is reused, training resumes from its checkpoint). An OUT made with another plan
@@ -58,6 +59,12 @@ POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
         {"checkpoint": ck, "tta": tta, "min_size": min_size, "keep_largest": largest}
     for ck, tta in (("best", False), ("best", True), ("latest", False), ("best+latest", False))
     for name, min_size, largest in (("none", 0, False), ("drop < 100 voxels", 100, False), ("largest only", 0, True))}
+# The threshold on the ensemble's mean probability, where under- and over-segmentation trade off; these
+# cells reuse the ensemble's probabilities, so they cost no forward pass. (Other cells use the run's threshold.)
+POSTPROCESSING_GRID.update({
+    f"best+last ensemble, largest only, threshold {t}":
+        {"checkpoint": "best+latest", "tta": False, "min_size": 0, "keep_largest": True, "threshold": t}
+    for t in (0.3, 0.4, 0.45, 0.55, 0.6)})
 
 
 class CrossvalError(ValueError):
@@ -223,7 +230,7 @@ def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, pos
     scored: dict[str, Any] = {}
     for which, predictor in predictors.items():
         scored.update(evaluate_variants(predictor, raw, held, threshold, {
-            name: {key: v[key] for key in ("tta", "min_size", "keep_largest")}
+            name: {key: v[key] for key in ("tta", "min_size", "keep_largest", "threshold") if key in v}
             for name, v in variants.items() if v["checkpoint"] == which}))
     slices = evaluate_cache(predictors[own["checkpoint"]], str(cache_path), "test", threshold, tta=bool(own["tta"]))
     out: dict[str, Any] = {

@@ -86,7 +86,8 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
 
 def score_variants(pred: Predictor, folder: str | Path, threshold: float,
                    variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """One patient (with a seg) scored under several predict settings {name: {tta, min_size, keep_largest}}.
+    """One patient (with a seg) scored under several predict settings {name: {tta, min_size, keep_largest
+    [, threshold]}}; a variant without its own threshold uses `threshold`.
 
     The volume is read and predicted once per `tta` value, so a post-processing ablation costs one
     or two forward passes per patient. Returns {name: predict_case's row without files}.
@@ -97,8 +98,8 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
     probs = {tta: pred.volume(image, tta=tta)[0] for tta in sorted({bool(v["tta"]) for v in variants.values()})}
     out = {}
     for name, v in variants.items():
-        masks = np.stack([postprocess(p > threshold, int(v["min_size"]), bool(v["keep_largest"]))
-                          for p in probs[bool(v["tta"])]])
+        th = float(v.get("threshold", threshold))
+        masks = np.stack([postprocess(p > th, int(v["min_size"]), bool(v["keep_largest"])) for p in probs[bool(v["tta"])]])
         out[name] = {"patient": patient.case, "regions": _scores(pred, patient, masks, seg, spacing)}
     return out
 

@@ -284,7 +284,8 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--rescore", is_flag=True,
               help="score finished folds again with their trained models (accepts changed predict settings)")
 @click.option("--postprocessing", is_flag=True,
-              help="also score every held-out patient under the post-processing grid (TTA x components)")
+              help="also score every held-out patient under the post-processing grid "
+                   "(TTA, components, checkpoints, thresholds)")
 @click.option("--modalities", callback=_names, default=",".join(P.modalities), show_default=True,
               help="comma list of flair,t1,t1ce,t2")
 @click.option("--size", type=int, default=P.size, show_default=True)

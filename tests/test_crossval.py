@@ -198,6 +198,12 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
     direct = evaluate_volumes(load_predictor(out / "fold0" / "run", "best+latest", "cpu"), raw_dir,
                               m["patients"]["test"], 0.5)
     assert {p["patient"]: p for p in direct["wt"]["per_patient"]} == both
+    # The threshold cells cut the ensemble's probabilities elsewhere (and differ from the run's 0.5).
+    ens = load_predictor(out / "fold0" / "run", "best+latest", "cpu")
+    cut = {t: {p["patient"]: p for p in evaluate_volumes(ens, raw_dir, m["patients"]["test"], t, keep_largest=True)
+               ["wt"]["per_patient"]} for t in (0.3, 0.5)}
+    assert {p["patient"]: p for p in m["postprocessing"]["best+last ensemble, largest only, threshold 0.3"]
+            ["regions"]["wt"]} == cut[0.3] != cut[0.5]
     res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "3", "--include-test",
                                    "--keep-largest", "--rescore", "--postprocessing", *CLI_TINY])
     assert res.exit_code == 0, res.output
