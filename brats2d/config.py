@@ -46,6 +46,7 @@ class PreprocessConfig:
     norm: str = "minmax"
     percentile: tuple[float, float] = (0.5, 99.5)  # used by norm="percentile", over brain voxels
     dtype: str = "float16"  # image storage; see README "Cache format" for the measurement
+    context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -66,11 +67,17 @@ class PreprocessConfig:
         lo, hi = self.percentile
         _check(0 <= lo < hi <= 100, f"percentile: need 0 <= low < high <= 100, got {self.percentile}")
         _check(self.dtype in CACHE_DTYPES, f"dtype: {self.dtype!r} (choose from {', '.join(CACHE_DTYPES)})")
+        _check(0 <= self.context <= 8, f"context: {self.context} neighbouring slices per side is outside 0..8")
 
     @property
     def out_channels(self) -> int:
         """Mask channels: 3 for region 'all' (WT, TC, ET as in BraTS), else 1."""
         return 3 if self.region == "all" else 1
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels: each modality at z - context .. z + context, modality-major."""
+        return len(self.modalities) * (2 * self.context + 1)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from . import checkpoint
 from .augment import apply_batch, invert_one
 from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
 from .model import UNet, build_model
-from .preprocess import normalize, resize_slices
+from .preprocess import normalize, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
 # The 8 distinct transforms of the training augmentation (k quarter-turns, with and without hflip).
@@ -109,7 +109,7 @@ class Predictor:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
         X, Y, Z = image.shape[1:]
-        x = resize_slices(np.moveaxis(image[..., head], -1, 0), self.prep_cfg.size)  # (n, C, S, S)
+        x = resize_slices(with_context(image, head, self.prep_cfg.context), self.prep_cfg.size)  # (n, C', S, S)
         p, v = self.slices(x, **kw)
 
         def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, X, Y, Z), zeros where skipped

@@ -76,10 +76,22 @@ def resize_slices(x: np.ndarray, size: int, binary: bool = False) -> np.ndarray:
     return (out >= 0.5).astype(np.uint8) if binary else out.astype(np.float32, copy=False)
 
 
+def with_context(image: np.ndarray, z: np.ndarray, context: int) -> np.ndarray:
+    """Axial slices `z` of a volume (C, X, Y, Z) as (n, C * (2 * context + 1), X, Y), same dtype.
+
+    Channel c * (2 * context + 1) + j holds modality c at slice z - context + j; neighbours beyond the
+    volume's ends repeat its first or last slice (the way a 3D conv pads by replication). context 0 is
+    the plain 2D slice stack.
+    """
+    idx = np.clip(np.asarray(z)[:, None] + np.arange(-context, context + 1), 0, image.shape[-1] - 1)  # (n, 2k+1)
+    x = image[..., idx]  # (C, X, Y, n, 2k+1)
+    return np.ascontiguousarray(x.transpose(3, 0, 4, 1, 2)).reshape(len(idx), -1, *image.shape[1:3])
+
+
 @dataclass
 class PatientSlices:
     case: str
-    images: np.ndarray  # (n, C, S, S) float32 in [0, 1]
+    images: np.ndarray  # (n, cfg.in_channels, S, S) float32 in [0, 1]
     masks: np.ndarray  # (n, K, S, S) uint8
     slices: np.ndarray  # (n,) int32 z indices
     shape: tuple[int, int, int]
@@ -103,7 +115,7 @@ def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
         rng = np.random.default_rng([cfg.seed, zlib.crc32(patient.case.encode())])
         n = int(round(cfg.empty_slices * len(empty)))
         keep = np.sort(np.concatenate([keep, rng.choice(empty, size=n, replace=False)]))
-    x = np.moveaxis(image[..., keep], -1, 0)  # (n, C, X, Y)
+    x = with_context(image, keep, cfg.context)  # (n, C', X, Y)
     y = np.moveaxis(masks[..., keep], -1, 0)
     sx, sy, sz = spacing
     X, Y, Z = seg.shape
@@ -192,7 +204,7 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
             except cache.CacheError:
                 pass  # an unreadable, corrupt or old cache is simply rebuilt
         split_of = {c: s for s, cases in splits.items() for c in cases}
-        C = len(cfg.modalities)
+        C = cfg.in_channels
         stats = {s: {"patients": 0, "slices": 0, "tumour_pixels": 0} for s in cache.SPLITS}
         info: dict[str, dict[str, Any]] = {}
         with cache.CacheWriter(out, (C, cfg.size, cfg.size), cfg.out_channels, cfg.dtype) as writer:

@@ -122,7 +122,8 @@ def report(run_dir: str | Path, split: str = "test", which: str = "best", device
     prob, var = pred.slices(images.astype(np.float32), tta=uncertainty)
     p, t = prob[:, 0] > th, masks[:, 0] > 0
     dice = {c: float(dice_of(confusion(p[patients == c], t[patients == c]))) for c in sorted(set(patients))}
-    plot_overlays(images[:, 0], t, p, patients, slices, dice, run_dir / "overlays.png",
+    # Channel `context` is the first modality's own slice (with 2.5D input, the middle of its stack).
+    plot_overlays(images[:, pred.prep_cfg.context], t, p, patients, slices, dice, run_dir / "overlays.png",
                   uncertainty=None if var is None else var[:, 0])
     out["overlays"] = str(run_dir / "overlays.png")
     return out

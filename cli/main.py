@@ -123,6 +123,8 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--splits-file", type=click.Path(exists=True, dir_okay=False), help="reuse a saved split exactly")
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True, help="fraction of tumour-free brain slices kept")
 @click.option("--norm", type=click.Choice(["minmax", "percentile"]), default=P.norm, show_default=True)
+@click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
+              help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
@@ -293,6 +295,8 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True,
               help="fraction of tumour-free brain slices kept")
 @click.option("--norm", type=click.Choice(["minmax", "percentile"]), default=P.norm, show_default=True)
+@click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
+              help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
               help="predict: drop 3D components smaller than this (voxels)")
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")

@@ -214,3 +214,39 @@ def test_real_patients_slice_counts(tmp_path: Path) -> None:
     for c in cases:
         seg = np.asarray(nib.load(str(real / c / f"{c}_seg.nii.gz")).dataobj)
         np.testing.assert_array_equal(index[c], np.flatnonzero((seg > 0).any(axis=(0, 1))))
+
+
+def test_context_stacks_neighbouring_slices_edges_repeated(raw_dir: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    from brats2d.preprocess import with_context
+
+    vol = np.zeros((2, 3, 4, 5), np.float32)
+    for c in range(2):
+        for z in range(5):
+            vol[c, ..., z] = 10 * c + z
+    x = with_context(vol, np.array([0, 2, 4]), 1)
+    assert x.shape == (3, 6, 3, 4)  # modality-major: flair z-1, z, z+1, then t1ce z-1, z, z+1
+    assert x[:, :, 0, 0].tolist() == [[0, 0, 1, 10, 10, 11], [1, 2, 3, 11, 12, 13], [3, 4, 4, 13, 14, 14]]
+    np.testing.assert_array_equal(with_context(vol, np.array([2, 3]), 0), np.moveaxis(vol[..., 2:4], -1, 0))
+    # The 2.5D cache: three channels per slice, the middle one exactly the 2D cache's slice.
+    out = tmp_path / "ctx.h5"
+    preprocess(raw_dir, out, PreprocessConfig(size=SIZE, context=1), workers=1)
+    assert cache.read_meta(out).image_shape == (3, SIZE, SIZE)
+    for split in cache.SPLITS:
+        assert (cache.read_index(out, split)[1] == cache.read_index(tiny_cache, split)[1]).all()
+        (img, masks), (img2d, masks2d) = cache.open_arrays(out, split), cache.open_arrays(tiny_cache, split)
+        np.testing.assert_array_equal(img[:, 1:2], img2d)
+        np.testing.assert_array_equal(masks, masks2d)
+        assert not np.array_equal(img[:, 0], img[:, 1])  # the neighbours are other slices
+
+
+def test_a_cache_written_before_a_setting_existed_is_still_up_to_date(raw_dir: Path, tmp_path: Path) -> None:
+    import h5py
+
+    out = tmp_path / "old.h5"
+    preprocess(raw_dir, out, PreprocessConfig(size=SIZE), workers=1)
+    with h5py.File(out, "r+") as f:  # as brats2d wrote it before `context` existed
+        config = json.loads(f.attrs["config"])
+        del config["context"]
+        f.attrs["config"] = json.dumps(config)
+    assert cache.read_meta(out).config["context"] == 0
+    assert preprocess(raw_dir, out, PreprocessConfig(size=SIZE), workers=1).up_to_date

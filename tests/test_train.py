@@ -96,6 +96,19 @@ def test_finished_run_says_so_and_restart_starts_over(tiny_cache: Path, tmp_path
     assert any("--restart" in m for m in msgs)
 
 
+def test_a_run_written_before_a_preprocess_setting_existed_still_resumes(tiny_cache: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    train(tiny_cache, tmp_path / "r", cfg, log=lambda m: None)
+    latest = tmp_path / "r" / "latest_checkpoint.pth"
+    ck = checkpoint.load(latest)
+    ident = json.loads(ck["identity"])
+    del ident["cache"]["config"]["context"]  # as brats2d wrote it before `context` existed
+    checkpoint.save({**ck, "identity": json.dumps(ident)}, latest)
+    msgs: list[str] = []
+    train(tiny_cache, tmp_path / "r", cfg, log=msgs.append)
+    assert any("already finished" in m for m in msgs)
+
+
 def test_other_settings_are_refused_with_a_diff(tiny_cache: Path, tmp_path: Path) -> None:
     train(tiny_cache, tmp_path / "r", TrainConfig(**{**TINY, "epochs": 1}), log=lambda m: None)
     with pytest.raises(RunError, match=r"lr: 0\.001 -> 0\.01"):
