@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import PreprocessConfig, with_defaults
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _BLOCK = 1024  # slices per block when copying/hashing; bounds memory for any cache size
@@ -105,14 +107,6 @@ def read_meta(path: str | Path) -> CacheMeta:
     return meta
 
 
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A cache's preprocess settings, with the default of any setting added after it was written
-    (which is what it used), so older caches stay up to date and keep matching their runs."""
-    from .config import PreprocessConfig, to_dict
-
-    return {**to_dict(PreprocessConfig()), **config}
-
-
 def _read_meta(path: Path) -> CacheMeta:
     with _open(path) as f:
         try:
@@ -127,7 +121,7 @@ def _read_meta(path: Path) -> CacheMeta:
             counts = {s: int(f[s]["images"].shape[0]) for s in SPLITS}
             img = f["train"]["images"]
             return CacheMeta(
-                path=path, format_version=version, config=_with_defaults(json.loads(f.attrs["config"])),
+                path=path, format_version=version, config=with_defaults(PreprocessConfig, json.loads(f.attrs["config"])),
                 created=str(f.attrs["created"]), source=json.loads(f.attrs["source"]),
                 patients=json.loads(f.attrs["patients"]), splits=json.loads(f.attrs["splits"]),
                 counts=counts, image_shape=tuple(img.shape[1:]), mask_channels=int(f["train"]["masks"].shape[1]),

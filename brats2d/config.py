@@ -141,6 +141,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def with_defaults(cls: type[C], data: dict[str, Any]) -> dict[str, Any]:
+    """A settings dict written before some setting of `cls` existed, with that setting's default filled
+    in (which is what the older code used), so older caches, runs and folders keep matching."""
+    return {**to_dict(cls()), **data}
+
+
 def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import checkpoint
-from .config import PreprocessConfig, TrainConfig, diff, to_dict
+from .config import PreprocessConfig, TrainConfig, diff, with_defaults
 
 LATEST, BEST = "latest_checkpoint.pth", "best_model.pth"
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
@@ -95,9 +95,9 @@ class RunDir:
         ck = checkpoint.load(latest)
         old = json.loads(ck["identity"])
         # Settings added after a checkpoint was written (e.g. sync_bn) take their default, which is what it used.
-        old["train"] = {**to_dict(TrainConfig()), **old.get("train", {})}
+        old["train"] = with_defaults(TrainConfig, old.get("train", {}))
         if isinstance(old.get("cache", {}).get("config"), dict):
-            old["cache"]["config"] = {**to_dict(PreprocessConfig()), **old["cache"]["config"]}
+            old["cache"]["config"] = with_defaults(PreprocessConfig, old["cache"]["config"])
         was, now = old.get("world_size", 1), ident.get("world_size", 1)
         if was != now:
             # The data shards, the per-process batch and the optimizer path all depend on the world size.
