@@ -48,6 +48,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ConfigError, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
+from .config import with_defaults as fill_defaults
 from .recipes import PREDICT_DEFAULTS, predict_settings, recipe as recipe_stage
 from .splits import kfold, load_splits, save_splits, split_patients
 
@@ -113,10 +114,11 @@ def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     """A plan or fold settings dict written before a setting existed, with that setting's default
     filled in (what those folds used), so older output folders still resume and summarize."""
     out = dict(settings)
-    for key, defaults in (("preprocess", to_dict(PreprocessConfig())), ("train", to_dict(TrainConfig())),
-                          ("predict", PREDICT_DEFAULTS)):
+    for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
         if isinstance(out.get(key), dict):
-            out[key] = {**defaults, **out[key]}
+            out[key] = fill_defaults(cls, out[key])
+    if isinstance(out.get("predict"), dict):
+        out["predict"] = {**PREDICT_DEFAULTS, **out["predict"]}
     return out
 
 
