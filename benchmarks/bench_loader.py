@@ -99,7 +99,7 @@ def _augmented(x: np.ndarray, y: np.ndarray, codes: np.ndarray) -> tuple[torch.T
 def numpy_loader(images: np.ndarray, masks: np.ndarray) -> Callable[[EpochPlan], Batches]:
     def gen(plan: EpochPlan) -> Batches:
         for b in range(len(plan)):
-            idx, codes, _ = plan.batch(b)
+            idx, codes, *_ = plan.batch(b)
             yield _augmented(images[idx], masks[idx], codes)
     return gen
 
@@ -122,7 +122,7 @@ def h5py_loader(path: Path) -> Callable[[EpochPlan], Batches]:
 
     def gen(plan: EpochPlan) -> Batches:
         for b in range(len(plan)):
-            idx, codes, _ = plan.batch(b)
+            idx, codes, *_ = plan.batch(b)
             yield _augmented(np.stack([ds_i[i] for i in idx]), np.stack([ds_m[i] for i in idx]), codes)
     return gen
 
@@ -144,7 +144,7 @@ def nifti_loader(raw: Path, seed: int = 0) -> Callable[[EpochPlan], Batches]:
 
     def gen(plan: EpochPlan) -> Batches:
         for b in range(len(plan)):
-            _, codes, _ = plan.batch(b)
+            _, codes, *_ = plan.batch(b)
             xs, ys = zip(*(one(pats[int(rng.integers(len(pats)))]) for _ in codes))
             yield _augmented(resize_slices(np.stack(xs), SIZE), resize_slices(np.stack(ys), SIZE, binary=True), codes)
     return gen

@@ -1,4 +1,5 @@
-"""The seed's augmentation (horizontal flip, vertical flip, rot90) as one gather per batch.
+"""The seed's augmentation (horizontal flip, vertical flip, rot90) as one gather per batch, and the
+optional intensity (gamma, brightness) and spatial (zoom, free rotation) augmentations.
 
 Every combination of hflip, vflip and k quarter-turns is one of the 8 symmetries of the square, so
 each sample's transform is a fixed permutation of its S*S pixels. Applying a batch of different
@@ -90,3 +91,44 @@ def apply_intensity(x: "torch.Tensor", gains: np.ndarray) -> "torch.Tensor":
     g = torch.from_numpy(gains).to(x.dtype)
     gamma, scale = g[:, 0].view(-1, 1, 1, 1), g[:, 1].view(-1, 1, 1, 1)
     return x.clamp_min(0).pow(gamma).mul(scale)
+
+
+def draw_spatial(rng: np.random.Generator, n: int, p: float, scale: float, rotate: float) -> np.ndarray | None:
+    """(n, 2) float32 per-sample (zoom, angle in radians), or None when p == 0 (the seed: none).
+
+    With probability p a sample gets zoom = exp(U(-scale, scale)) (0.3: 0.74..1.35, nnU-Net's
+    0.7..1.4) and angle = U(-rotate, rotate) degrees; the others get (1, 0) and are left untouched.
+    Drawn after the codes and the intensity gains, so turning it on leaves both streams unchanged.
+    """
+    if p <= 0:
+        return None
+    on = rng.random(n) < p
+    zoom = np.exp(rng.uniform(-scale, scale, n))
+    angle = np.deg2rad(rng.uniform(-rotate, rotate, n))
+    return np.stack([np.where(on, zoom, 1.0), np.where(on, angle, 0.0)], axis=1).astype(np.float32)
+
+
+def apply_spatial(x: "torch.Tensor", y: "torch.Tensor", params: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Zoom and rotate images x (B, C, S, S) and masks y (B, K, S, S) float32 about the slice centre.
+
+    Both go through the same sampling grid: images bilinearly, masks bilinearly and then cut at 0.5
+    (as `preprocess.resize_slices` does), so a mask stays binary and covers what its image shows.
+    Outside the slice is 0 (background after normalization). Samples with (1, 0) are not resampled
+    (bit-identical), so p < 1 costs only the drawn samples' work.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    sel = np.flatnonzero((params[:, 0] != 1.0) | (params[:, 1] != 0.0))
+    if len(sel) == 0:
+        return x, y
+    zoom, angle = (torch.from_numpy(params[sel, i]).double() for i in (0, 1))
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(len(sel), 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos  # output -> input coords
+    t = torch.from_numpy(sel)
+    grid = F.affine_grid(theta.to(x.dtype), [len(sel), 1, *x.shape[-2:]], align_corners=False)
+    x, y = x.clone(), y.clone()
+    x[t] = F.grid_sample(x[t], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y[t] = (F.grid_sample(y[t], grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).to(y.dtype)
+    return x, y

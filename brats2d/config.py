@@ -99,6 +99,9 @@ class TrainConfig:
     intensity_p: float = 0.0  # per-slice probability of a random gamma/brightness change (0: the seed, off)
     intensity_gamma: float = 0.35  # gamma = exp(U(-g, g)): 0.70..1.42
     intensity_scale: float = 0.25  # brightness x U(1 - s, 1 + s)
+    spatial_p: float = 0.0  # per-slice probability of a random zoom + rotation of image and mask (0: the seed, off)
+    spatial_scale: float = 0.3  # zoom = exp(U(-s, s)): 0.74..1.35
+    spatial_rotate: float = 45.0  # degrees, U(-r, r); with the seed's rot90 and flips this covers every angle
     base_channels: int = 32
     depth: int = 4
     dropout: float = 0.0
@@ -121,6 +124,9 @@ class TrainConfig:
         _check(0.0 <= self.intensity_p <= 1.0, f"intensity_p: must be in [0, 1], got {self.intensity_p}")
         _check(0.0 <= self.intensity_gamma <= 2.0, f"intensity_gamma: must be in [0, 2], got {self.intensity_gamma}")
         _check(0.0 <= self.intensity_scale < 1.0, f"intensity_scale: must be in [0, 1), got {self.intensity_scale}")
+        _check(0.0 <= self.spatial_p <= 1.0, f"spatial_p: must be in [0, 1], got {self.spatial_p}")
+        _check(0.0 <= self.spatial_scale <= 1.0, f"spatial_scale: must be in [0, 1], got {self.spatial_scale}")
+        _check(0.0 <= self.spatial_rotate <= 180.0, f"spatial_rotate: must be in [0, 180] degrees, got {self.spatial_rotate}")
         _check(self.grad_clip >= 0, f"grad_clip: must be >= 0 (0 turns it off), got {self.grad_clip}")
         _check(self.base_channels >= 1, f"base_channels: must be >= 1, got {self.base_channels}")
         _check(1 <= self.depth <= 6, f"depth: must be in 1..6, got {self.depth}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import cache
-from .augment import apply_batch, apply_intensity, draw_codes, draw_intensity
+from .augment import apply_batch, apply_intensity, apply_spatial, draw_codes, draw_intensity, draw_spatial
 
 
 # Release mapped pages after this many gathered bytes. The kernel maps whole page-cache folios (up to
@@ -35,17 +35,21 @@ class EpochPlan:
     batch_size: int
     drop_last: bool
     gains: np.ndarray | None = None  # (n, 2) float32 (gamma, scale) of the image intensities, None: unchanged
+    spatial: np.ndarray | None = None  # (n, 2) float32 (zoom, angle in radians) of image and mask, None: unchanged
 
     @classmethod
     def make(cls, n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
              augment: bool = True, drop_last: bool = False,
-             intensity: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> "EpochPlan":
-        """intensity: (p, gamma, scale) of `augment.draw_intensity`, used only with augment=True."""
+             intensity: tuple[float, float, float] = (0.0, 0.0, 0.0),
+             spatial: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> "EpochPlan":
+        """intensity: (p, gamma, scale) of `augment.draw_intensity`; spatial: (p, scale, rotate) of
+        `augment.draw_spatial`; both used only with augment=True."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
         codes = draw_codes(rng, n) if augment else None
         gains = draw_intensity(rng, n, *intensity) if augment else None
-        return cls(order.astype(np.int64), codes, batch_size, drop_last, gains)
+        moves = draw_spatial(rng, n, *spatial) if augment else None
+        return cls(order.astype(np.int64), codes, batch_size, drop_last, gains, moves)
 
     def __len__(self) -> int:
         n = len(self.order)
@@ -69,16 +73,15 @@ class EpochPlan:
         n = len(self.order)
         total = -(-n // world) * world if pad and n > 0 else n
         take = (np.arange(total) % max(n, 1))[rank::world]
-        return EpochPlan(self.order[take], None if self.codes is None else self.codes[take], self.batch_size,
-                         self.drop_last, None if self.gains is None else self.gains[take])
+        part = [None if a is None else a[take] for a in (self.codes, self.gains, self.spatial)]
+        return EpochPlan(self.order[take], part[0], self.batch_size, self.drop_last, part[1], part[2])
 
-    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(indices, codes, gains) of batch b, indices sorted so the memmap is read forward."""
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(indices, codes, gains, spatial) of batch b, indices sorted so the memmap is read forward."""
         sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
         idx = self.order[sl]
         srt = np.argsort(idx, kind="stable")
-        return (idx[srt], None if self.codes is None else self.codes[sl][srt],
-                None if self.gains is None else self.gains[sl][srt])
+        return (idx[srt], *(None if a is None else a[sl][srt] for a in (self.codes, self.gains, self.spatial)))
 
 
 class SliceCache:
@@ -134,10 +137,10 @@ class SliceCache:
         """(patient (N,) str, slice (N,) int32)."""
         return cache.read_index(self.path, self.split)
 
-    def gather(self, idx: np.ndarray, codes: np.ndarray | None = None,
-               gains: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: np.ndarray, codes: np.ndarray | None = None, gains: np.ndarray | None = None,
+               spatial: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, S, S) and masks (B, K, S, S) as float32 tensors for sorted `idx`, transformed by
-        `codes` (both) and `gains` (images only)."""
+        `codes` (both), then `spatial` (both), then `gains` (images only)."""
         images, masks = self.arrays()
         x, y = images[idx], masks[idx]
         self._since_release += x.nbytes + y.nbytes
@@ -146,8 +149,10 @@ class SliceCache:
         if codes is not None:
             x, y = apply_batch(x, codes), apply_batch(y, codes)
         # torch's float16/uint8 -> float32 conversion is vectorized; numpy's astype is ~15x slower here.
-        xt = torch.from_numpy(x).float()
-        return (xt if gains is None else apply_intensity(xt, gains)), torch.from_numpy(y).float()
+        xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+        if spatial is not None:
+            xt, yt = apply_spatial(xt, yt, spatial)
+        return (xt if gains is None else apply_intensity(xt, gains)), yt
 
 
 class _EpochBatches(torch.utils.data.Dataset):

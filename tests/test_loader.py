@@ -43,7 +43,7 @@ def test_batches_and_transforms_follow_image_mask_pairs(tiny_cache: Path) -> Non
     data = SliceCache(tiny_cache, "train")
     images, masks = data.arrays()
     plan = EpochPlan.make(len(data), 4, seed=3, epoch=0)
-    idx, codes, _ = plan.batch(0)
+    idx, codes, *_ = plan.batch(0)
     x, y = data.gather(idx, codes)
     assert x.dtype == torch.float32 and y.dtype == torch.float32 and x.shape[1:] == images.shape[1:]
     for j in range(len(idx)):
@@ -67,7 +67,7 @@ def test_intensity_augmentation_changes_images_only_and_keeps_the_stream(tiny_ca
     assert np.all((gamma > np.exp(-0.35) - 1e-6) & (gamma < np.exp(0.35) + 1e-6))
     assert np.all((scale >= 0.75 - 1e-6) & (scale <= 1.25 + 1e-6))
     for b in range(len(plan)):
-        idx, codes, gains = plan.batch(b)
+        idx, codes, gains, _ = plan.batch(b)
         x, y = data.gather(idx, codes, gains)
         for j in range(len(idx)):
             geo = apply_one(np.asarray(images[idx[j]], np.float32), codes[j])
@@ -78,6 +78,54 @@ def test_intensity_augmentation_changes_images_only_and_keeps_the_stream(tiny_ca
     assert EpochPlan.make(len(data), 4, 3, 1, augment=False, intensity=(1.0, 0.35, 0.25)).gains is None
     sharded = plan.shard(1, 2)
     np.testing.assert_array_equal(sharded.gains, plan.gains[np.arange(1, len(data) + len(data) % 2, 2) % len(data)])
+
+
+def _zoom_rotate_reference(a: np.ndarray, zoom: float, angle: float) -> np.ndarray:
+    """scipy's bilinear affine map of (C, S, S) about the slice centre, zeros outside: the definition
+    `apply_spatial` (torch affine_grid/grid_sample) must agree with."""
+    from scipy import ndimage
+
+    c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+    m = np.array([[c, s], [-s, c]])  # (row, col) of the output -> (row, col) of the input
+    centre = np.full(2, (a.shape[-1] - 1) / 2)
+    return np.stack([ndimage.affine_transform(ch.astype(np.float64), m, offset=centre - m @ centre, order=1,
+                                              mode="grid-constant", cval=0.0) for ch in a])
+
+
+def test_spatial_augmentation_moves_image_and_mask_together_and_keeps_the_stream(tiny_cache: Path) -> None:
+    data = SliceCache(tiny_cache, "train")
+    images, masks = data.arrays()
+    plain = EpochPlan.make(len(data), 4, seed=5, epoch=2, intensity=(0.5, 0.35, 0.25))
+    plan = EpochPlan.make(len(data), 4, seed=5, epoch=2, intensity=(0.5, 0.35, 0.25), spatial=(0.5, 0.3, 45.0))
+    assert plain.spatial is None and plan.spatial is not None and plan.spatial.shape == (len(data), 2)
+    for a, b in ((plain.order, plan.order), (plain.codes, plan.codes), (plain.gains, plan.gains)):
+        np.testing.assert_array_equal(a, b)  # drawn last: order, flips and intensities are unchanged
+    zoom, angle = plan.spatial[:, 0], plan.spatial[:, 1]
+    on = (zoom != 1) | (angle != 0)
+    assert 0 < on.sum() < len(data)
+    assert np.all((zoom > np.exp(-0.3) - 1e-6) & (zoom < np.exp(0.3) + 1e-6))
+    assert np.all(np.abs(angle) <= np.deg2rad(45.0) + 1e-6) and np.abs(angle).max() > np.deg2rad(20)
+    moved = 0
+    for b in range(len(plan)):
+        idx, codes, _, spatial = plan.batch(b)
+        x, y = data.gather(idx, codes, None, spatial)
+        for j in range(len(idx)):
+            geo_x = apply_one(np.asarray(images[idx[j]], np.float32), codes[j])
+            geo_y = apply_one(np.asarray(masks[idx[j]], np.float32), codes[j])
+            if spatial[j, 0] == 1 and spatial[j, 1] == 0:  # not drawn: bit-identical to the seed's transform
+                np.testing.assert_array_equal(x[j].numpy(), geo_x)
+                np.testing.assert_array_equal(y[j].numpy(), geo_y)
+                continue
+            np.testing.assert_allclose(x[j].numpy(), _zoom_rotate_reference(geo_x, *spatial[j]), atol=1e-4)
+            ref_y = _zoom_rotate_reference(geo_y, *spatial[j])
+            clear = np.abs(ref_y - 0.5) > 1e-3  # a pixel interpolated to exactly 0.5 may round either way
+            np.testing.assert_array_equal(y[j].numpy()[clear], (ref_y >= 0.5)[clear])
+            assert set(np.unique(y[j].numpy())) <= {0.0, 1.0}
+            moved += not np.array_equal(y[j].numpy(), geo_y)
+    assert moved > 0  # the masks did move (the test is not vacuous)
+    assert EpochPlan.make(len(data), 4, 5, 2, augment=False, spatial=(1.0, 0.3, 45.0)).spatial is None
+    sharded = plan.shard(1, 2)
+    np.testing.assert_array_equal(sharded.spatial, plan.spatial[np.arange(1, len(data) + len(data) % 2, 2) % len(data)])
 
 def test_same_seed_same_stream_and_epochs_differ(tiny_cache: Path) -> None:
     data = SliceCache(tiny_cache, "train")

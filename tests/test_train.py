@@ -60,15 +60,16 @@ def test_tiny_unet_learns(tiny_cache: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0.0), dict(loss="l2"), dict(schedule="step"),
-                                 dict(intensity_p=1.5), dict(intensity_gamma=-0.1), dict(intensity_scale=1.0)])
+                                 dict(intensity_p=1.5), dict(intensity_gamma=-0.1), dict(intensity_scale=1.0),
+                                 dict(spatial_p=-0.1), dict(spatial_scale=1.5), dict(spatial_rotate=181.0)])
 def test_train_config_errors_name_the_setting(bad: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(bad))):
         TrainConfig(**bad)
 
 
-@pytest.mark.parametrize("kill_at,intensity_p", [(2, 0.0), (7, 0.5), (16, 0.0)])
-def test_sigkill_then_resume_is_bit_exact(tiny_cache: Path, tmp_path: Path, kill_at: int, intensity_p: float) -> None:
-    cfg = TrainConfig(**TINY, intensity_p=intensity_p)
+@pytest.mark.parametrize("kill_at,aug_p", [(2, 0.0), (7, 0.5), (16, 0.0)])
+def test_sigkill_then_resume_is_bit_exact(tiny_cache: Path, tmp_path: Path, kill_at: int, aug_p: float) -> None:
+    cfg = TrainConfig(**TINY, intensity_p=aug_p, spatial_p=aug_p)  # the random augmentations resume exactly too
     ref = tmp_path / "ref"
     train(tiny_cache, ref, cfg, log=lambda m: None)
     run = tmp_path / "killed"
