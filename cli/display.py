@@ -143,3 +143,21 @@ def crossval_table(summary: dict[str, Any]) -> None:
         c.print(f"[yellow]folds not finished yet: {', '.join(map(str, summary['missing']))}[/] "
                 "(run the same command, or --fold N, to finish them)")
     c.print(f"wrote {summary['out']}/cv_summary.json")
+
+
+def ensemble_table(res: dict[str, Any]) -> None:
+    """The cross-run ensemble against the first cross-validation alone (brats2d.cvensemble.ensemble)."""
+    c = console()
+    for region, r in res["regions"].items():
+        t = Table(title=f"ensemble of {' + '.join(res['outs'])}, region {region} (whole-volume 3D Dice per "
+                        f"held-out patient; paired: ensemble - {res['outs'][0]}, mean ± standard error)")
+        for col in ("", "patients", "3D Dice mean ± sd", "median", "worst", "paired", "better / worse"):
+            t.add_column(col, justify="left" if col == "" else "right")
+        n, d, f, pr = len(r["per_patient"]), r["dice"], r["first_dice"], r["paired"]
+        t.add_row(res["outs"][0], str(n), f"{_fmt(f['mean'])} ± {_fmt(f['sd'])}", _fmt(f["median"]), _fmt(f["min"]), "", "")
+        t.add_row("ensemble", str(n), f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}", _fmt(d["median"]), _fmt(d["min"]),
+                  f"{pr['mean']:+.3f} ± {pr['se']:.3f}", f"{pr['better']} / {pr['worse']}")
+        c.print(t)
+        fd = r["fold_dice"]
+        c.print(f"ensemble fold means {_fmt(fd['mean'])} ± {_fmt(fd['sd'])}; HD95 median {_fmt(r['hd95_median'])} mm",
+                highlight=False)

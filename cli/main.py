@@ -329,5 +329,29 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, incl
     crossval_table(summary)
 
 
+
+@cli.command("crossval-ensemble")
+@click.argument("raw", type=click.Path(exists=True, file_okay=False))
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="default: OUT1/ensemble-with-<OUT2>[+<OUT3>...].json")
+def crossval_ensemble(raw: str, outs: tuple[str, ...], device: str, json_path: str | None) -> None:
+    """Average the fold models of finished cross-validations OUT1 OUT2 ... (same folds) on each held-out
+    patient, and compare per patient with OUT1 alone: nnU-Net's question "is the ensemble better?".
+
+    Each folder's models read their own input (modalities, normalization, 2.5D); thresholding and
+    post-processing are OUT1's. Nothing is retrained.
+    """
+    from .display import ensemble_table
+    from brats2d.crossval import _write_json
+    from brats2d.cvensemble import ensemble
+
+    res = ensemble(raw, list(outs), device=device, log=click.echo)
+    path = Path(json_path) if json_path else Path(outs[0]) / f"ensemble-with-{'+'.join(Path(o).name for o in outs[1:])}.json"
+    _write_json(path, res)
+    ensemble_table(res)
+    click.echo(f"wrote {path}")
+
 if __name__ == "__main__":
     cli()

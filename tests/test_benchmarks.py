@@ -100,3 +100,14 @@ def test_bench_loader_on_a_product_cache(tmp_path: Path, tiny_cache: Path) -> No
     assert res["settings"]["slices"] == cache.read_meta(tiny_cache).counts["train"]
     assert {r["name"] for r in res["rows"]} >= {"numpy-bound", "brats2d", "h5py-per-slice"}
     assert tiny_cache.exists()  # the user's cache is read, never removed
+
+
+def test_resolution_ceiling_quick(tmp_path: Path) -> None:
+    res = _run("resolution_ceiling.py", tmp_path)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["64x64", "96x96", "128x128", "160x160", "96x96, brain crop"]
+    for r in rows.values():
+        assert r["patients"] == 2 and 0.5 < r["dice_min"] <= r["dice_median"] <= 1.0, r
+    # Down-sampling 240 -> 64 and back loses boundary voxels; a bigger grid (or the brain crop) loses fewer.
+    assert rows["64x64"]["dice_mean"] < rows["160x160"]["dice_mean"] < 1.0
+    assert rows["96x96"]["dice_mean"] < rows["96x96, brain crop"]["dice_mean"]

@@ -215,3 +215,42 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
     assert ens.exit_code == 0, ens.output
     summary2 = json.loads((out / "cv_summary.json").read_text())
     assert summary2["regions"]["wt"]["dice"] == cell["best+last ensemble, largest only"]["regions"]["wt"]["dice"]
+
+
+def test_crossval_ensemble_averages_the_folders_models_on_their_held_out_patients(
+        cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
+    from brats2d.cvensemble import ensemble
+
+    a, _ = cv
+    kw = dict(folds=3, seed=42, recipe="seed", include_test=True, device="cpu", workers=1, log=lambda m: None)
+    # With itself the ensemble is the folder's own model: every patient scores what crossval recorded.
+    same = ensemble(raw_dir, [a, a], device="cpu", log=lambda m: None)["regions"]["wt"]
+    assert len(same["per_patient"]) == len(_cases(raw_dir))
+    assert all(p["dice"] == pytest.approx(p["first_dice"], abs=1e-12) for p in same["per_patient"])
+    assert same["paired"] == {"mean": 0.0, "se": 0.0, "better": 0, "worse": 0}
+    # Another training seed on the same folds: the ensemble of the two folders is the mean of the two
+    # fold models, which load_predictor computes on its own when given both runs.
+    b = tmp_path / "seed7"
+    crossval(raw_dir, b, overrides={**OVERRIDES, "train": {**TRAIN, "seed": 7}}, **kw)
+    both = ensemble(raw_dir, [a, b], device="cpu", log=lambda m: None)["regions"]["wt"]
+    for i in range(3):
+        held = json.loads((a / f"fold{i}" / "metrics.json").read_text())["patients"]["test"]
+        runs = [a / f"fold{i}" / "run", b / f"fold{i}" / "run"]
+        direct = evaluate_volumes(load_predictor(runs, "best", "cpu"), raw_dir, held, 0.5)
+        want = {p["patient"]: p["dice"] for p in direct["wt"]["per_patient"]}
+        got = {p["patient"]: p["dice"] for p in both["per_patient"] if p["fold"] == i}
+        assert got == pytest.approx(want, abs=1e-12)
+    assert any(abs(p["dice"] - p["first_dice"]) > 1e-6 for p in both["per_patient"])  # b's models did count
+    # Other folds (other held-out patients) are refused, naming the folder.
+    c = tmp_path / "other-folds"
+    shutil.copytree(a, c)
+    plan = json.loads((c / "crossval.json").read_text())
+    plan["splits"][0]["test"], plan["splits"][1]["test"] = plan["splits"][1]["test"], plan["splits"][0]["test"]
+    (c / "crossval.json").write_text(json.dumps(plan))
+    with pytest.raises(CrossvalError, match="other-folds: other folds"):
+        ensemble(raw_dir, [a, c], device="cpu", log=lambda m: None)
+    res = CliRunner().invoke(cli, ["crossval-ensemble", str(raw_dir), str(a), str(b), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((a / "ensemble-with-seed7.json").read_text())
+    assert saved["regions"]["wt"]["paired"] == pytest.approx(both["paired"]) and "ensemble" in res.output
+    (a / "ensemble-with-seed7.json").unlink()  # the module-scoped fixture folder stays as it was

@@ -1,0 +1,92 @@
+"""`brats2d crossval-ensemble`: would averaging the models of several cross-validations help?
+
+nnU-Net's ``find_best_configuration`` asks this of its configurations; here it is asked of finished
+``brats2d crossval`` output folders made with the same folds (the same raw folder, fold count and seed,
+so fold i holds out the same patients everywhere). Each held-out patient of fold i is predicted on
+whole volumes by fold i's run of every folder -- each with its own preprocessing, input modalities and
+``checkpoint`` setting (best+latest: both models) -- and the members' probabilities are averaged
+(every folder weighs the same). The mean is thresholded and post-processed with the *first* folder's
+settings, scored like ``crossval`` scores, and compared, patient by patient, with the first folder's
+own score: no model ever predicts a patient it trained on, and nothing is retrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .crossval import METRICS, PLAN, CrossvalError, _read, fold_settings, with_defaults
+
+
+def _finished(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any]:
+    m = _read(out / f"fold{i}" / METRICS)
+    if m is None or with_defaults(m.get("settings", {})) != fold_settings(plan, i):
+        raise CrossvalError(f"{out}: fold {i} is not finished (run its `brats2d crossval` command first)")
+    return m
+
+
+def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score the ensemble of the cross-validations `outs` (>= 2) on their common held-out patients.
+
+    Returns {outs, per_patient: [{patient, fold, dice, hd95, first_dice}] per region, dice (described),
+    fold_dice, first_dice, paired: {mean, se, better, worse} (ensemble minus the first folder)}.
+    """
+    from .evaluate import _describe
+    from .inference import load_predictor
+    from .predict import _load, _scores, postprocess
+
+    dirs = [Path(o) for o in outs]
+    if len(dirs) < 2:
+        raise CrossvalError("crossval-ensemble: give at least two cross-validation folders")
+    plans = []
+    for d in dirs:
+        plan = _read(d / PLAN)
+        if plan is None:
+            raise CrossvalError(f"{d}: no {PLAN} (not a cross-validation folder)")
+        plans.append(with_defaults(plan))
+    for d, p in zip(dirs[1:], plans[1:]):
+        if [s["test"] for s in p["splits"]] != [s["test"] for s in plans[0]["splits"]]:
+            raise CrossvalError(f"{d}: other folds than {dirs[0]} (held-out patients differ); an ensemble needs "
+                                "the same --folds, --seed and raw folder")
+    own = plans[0]["predict"]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for i in range(plans[0]["folds"]):
+        firsts = _finished(dirs[0], plans[0], i)
+        for d, p in zip(dirs[1:], plans[1:]):
+            _finished(d, p, i)
+        members = [load_predictor(d / f"fold{i}" / "run", p["predict"]["checkpoint"], device)
+                   for d, p in zip(dirs, plans)]
+        if len({tuple(m.regions) for m in members}) > 1:
+            raise CrossvalError(f"fold {i}: the folders' models predict different regions "
+                                f"({', '.join('/'.join(m.regions) for m in members)})")
+        threshold = members[0].train_cfg.threshold
+        first = {r: {p["patient"]: p for p in v["per_patient"]} for r, v in firsts["volume"].items()}
+        for case in firsts["patients"]["test"]:
+            probs = []
+            for m, p in zip(members, plans):
+                patient, image, seg, spacing = _load(m, Path(raw) / case)
+                probs.append(m.volume(image, tta=bool(p["predict"]["tta"]))[0])  # (K, X, Y, Z)
+            mean = np.mean(probs, axis=0)
+            masks = np.stack([postprocess(k > threshold, int(own["min_size"]), bool(own["keep_largest"])) for k in mean])
+            for region, s in _scores(members[0], patient, masks, seg, spacing).items():
+                rows.setdefault(region, []).append({"patient": case, "fold": i, "dice": s["dice"], "hd95": s["hd95"],
+                                                    "first_dice": first[region][case]["dice"]})
+        log(f"fold {i} ({i + 1} of {plans[0]['folds']}): " + "; ".join(
+            f"{r} ensemble {np.mean([x['dice'] for x in v if x['fold'] == i]):.4f} vs "
+            f"{np.mean([x['first_dice'] for x in v if x['fold'] == i]):.4f}" for r, v in rows.items()))
+    regions = {}
+    for region, pp in rows.items():
+        delta = np.array([p["dice"] - p["first_dice"] for p in pp])
+        folds = sorted({p["fold"] for p in pp})
+        regions[region] = {
+            "per_patient": pp, "dice": _describe([p["dice"] for p in pp]),
+            "first_dice": _describe([p["first_dice"] for p in pp]),
+            "hd95_median": float(np.median([p["hd95"] for p in pp])),
+            "fold_dice": _describe([float(np.mean([p["dice"] for p in pp if p["fold"] == f])) for f in folds]),
+            "paired": {"mean": float(delta.mean()),
+                       "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
+                       "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}}
+    return {"outs": [str(d) for d in dirs], "predict": own, "regions": regions}
