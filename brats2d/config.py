@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("wt", "tc", "et", "all")
-NORMS = ("minmax", "percentile")
+NORMS = ("minmax", "percentile", "zscore")
 LOSSES = ("bce", "dice", "bce+dice", "focal", "dice+focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_DTYPES = ("float16", "float32")

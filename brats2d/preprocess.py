@@ -35,11 +35,14 @@ def region_masks(seg: np.ndarray, region: str, et_label: int = 4) -> np.ndarray:
 
 
 def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0.5, 99.5), name: str = "volume") -> np.ndarray:
-    """Scale one modality volume (X, Y, Z) float32 to [0, 1].
+    """Scale one modality volume (X, Y, Z) float32: to [0, 1] (minmax, percentile) or to brain z-scores.
 
     minmax: (v - min) / (max - min) over the whole volume (the seed's way).
     percentile: clip to the given percentiles of brain voxels (v != 0; BraTS background is exactly 0)
     and scale, leaving background at 0 -- robust to the single-voxel outliers some sites have.
+    zscore: (v - mean) / sd of brain voxels, background 0 (nnU-Net's MRI scheme): the normal brain,
+    not the brightest tumour, sets the scale, so patients' tumours line up better (README "Results").
+    Unbounded, so the gamma/brightness augmentation (which needs [0, 1]) refuses such a cache.
     """
     if method == "minmax":
         lo, hi = float(vol.min()), float(vol.max())
@@ -49,6 +52,14 @@ def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0
     brain = vol != 0
     if not brain.any():
         raise InputError(f"{name}: constant volume (every voxel is 0)")
+    if method == "zscore":
+        v = vol[brain].astype(np.float64)
+        mean, sd = float(v.mean()), float(v.std())
+        if sd <= 0:
+            raise InputError(f"{name}: constant volume inside the brain ({mean:g})")
+        out = (vol - np.float32(mean)) * np.float32(1.0 / sd)
+        out[~brain] = 0.0
+        return out
     lo, hi = np.percentile(vol[brain], percentile)
     if hi <= lo:
         raise InputError(f"{name}: constant volume inside the brain ({lo:g})")
@@ -91,7 +102,7 @@ def with_context(image: np.ndarray, z: np.ndarray, context: int) -> np.ndarray:
 @dataclass
 class PatientSlices:
     case: str
-    images: np.ndarray  # (n, cfg.in_channels, S, S) float32 in [0, 1]
+    images: np.ndarray  # (n, cfg.in_channels, S, S) float32, in [0, 1] unless norm is zscore
     masks: np.ndarray  # (n, K, S, S) uint8
     slices: np.ndarray  # (n,) int32 z indices
     shape: tuple[int, int, int]

@@ -40,6 +40,9 @@ def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device =
     the LR schedule for one rank's shard of each epoch and, with cfg.sync_bn, uses SyncBatchNorm.
     """
     meta = cache.read_meta(cache_path)
+    if cfg.intensity_p > 0 and meta.config.get("norm") == "zscore":
+        raise ConfigError(f"intensity_p: the gamma/brightness augmentation needs images in [0, 1], but {cache_path} "
+                          "holds z-scores (norm zscore); use --intensity-p 0 or a minmax/percentile cache")
     dev = resolve_device(str(device))
     if dev.type == "cpu":
         keep_freed_memory()

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from brats2d import __version__
-from brats2d.config import CHECKPOINTS, ConfigError, PreprocessConfig, TrainConfig
+from brats2d.config import CHECKPOINTS, NORMS, ConfigError, PreprocessConfig, TrainConfig
 from brats2d.recipes import PREDICT_DEFAULTS, RECIPES  # light: no heavy imports
 
 DEFAULT_CACHE = "data_cache/brats2d.h5"
@@ -122,7 +122,7 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--seed", type=int, default=P.seed, show_default=True)
 @click.option("--splits-file", type=click.Path(exists=True, dir_okay=False), help="reuse a saved split exactly")
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True, help="fraction of tumour-free brain slices kept")
-@click.option("--norm", type=click.Choice(["minmax", "percentile"]), default=P.norm, show_default=True)
+@click.option("--norm", type=click.Choice(list(NORMS)), default=P.norm, show_default=True)
 @click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
@@ -294,7 +294,7 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 @click.option("--region", type=click.Choice(["wt", "tc", "et", "all"]), default=P.region, show_default=True)
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True,
               help="fraction of tumour-free brain slices kept")
-@click.option("--norm", type=click.Choice(["minmax", "percentile"]), default=P.norm, show_default=True)
+@click.option("--norm", type=click.Choice(list(NORMS)), default=P.norm, show_default=True)
 @click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,

@@ -257,33 +257,35 @@ def test_multimodal_all_regions_with_uncertainty_end_to_end(raw_dir: Path, raw_c
         predict_case(pred, raw_copy / case, None)
 
 
-def test_context_run_sees_the_same_inputs_in_prediction_as_in_training(raw_dir: Path, tiny_cache: Path,
-                                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("prep", [dict(context=1), dict(norm="zscore")])
+def test_predict_feeds_the_model_what_training_saw(raw_dir: Path, tiny_cache: Path, tmp_path: Path, prep: dict) -> None:
+    """2.5D stacks and z-scored inputs are rebuilt from the raw volume exactly as the cache holds them."""
     from brats2d import cache
     from brats2d.cache import CacheError
     from brats2d.predict import _load
     from brats2d.preprocess import preprocess
 
     cache_path = tmp_path / "ctx.h5"
-    preprocess(raw_dir, cache_path, PreprocessConfig(size=SIZE, context=1), workers=1)
+    pcfg = PreprocessConfig(size=SIZE, **prep)
+    preprocess(raw_dir, cache_path, pcfg, workers=1)
     run = tmp_path / "run"
     train(cache_path, run, TrainConfig(**{**TINY, "epochs": 1}), log=lambda m: None)
     pred = load_predictor(run, device="cpu")
-    assert pred.model.in_channels == 3 and pred.prep_cfg.context == 1
+    assert pred.model.in_channels == pcfg.in_channels and pred.prep_cfg == pcfg
     seen: list[np.ndarray] = []
     pred.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().float().cpu().numpy()))
     patients, slices = cache.read_index(cache_path, "train")
     case = str(patients[0])
     _, image, _, _ = _load(pred, raw_dir / case)
     prob, _ = pred.volume(image)
-    fed = np.concatenate(seen)  # (n head slices, 3, S, S), in z order
+    fed = np.concatenate(seen)  # (n head slices, C', S, S), in z order
     head = np.flatnonzero(image.any(axis=(0, 1, 2)))
     images, _ = cache.open_arrays(cache_path, "train")
     rows = np.flatnonzero(patients == case)
     for r in rows:  # every cached slice of the patient reaches the model exactly as it was trained on
         z = slices[r]
-        np.testing.assert_allclose(fed[np.searchsorted(head, z)], images[r].astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(fed[np.searchsorted(head, z)], images[r].astype(np.float32), atol=2e-3, rtol=2e-3)
     assert prob.shape == (1,) + SHAPE and 0 <= prob.min() and prob.max() <= 1
-    with pytest.raises(CacheError, match="context"):  # a 2D cache cannot be scored by a 2.5D run
+    with pytest.raises(CacheError, match=next(iter(prep))):  # a seed cache cannot be scored by this run
         evaluate(run, "test", "best", 0.5, cache_path=str(tiny_cache), device="cpu")
     assert Path(report(run, device="cpu")["overlays"]).stat().st_size > 5000

@@ -12,11 +12,11 @@ import pytest
 
 from brats2d import cache
 from brats2d.config import ConfigError, PreprocessConfig
-from brats2d.nifti import discover
+from brats2d.nifti import InputError, discover
 from brats2d.preprocess import PreprocessError, preprocess, splits_path
 from brats2d.splits import kfold, load_splits, split_patients
 
-from .conftest import SIZE, make_tree, real_dir
+from .conftest import SIZE, TINY, make_tree, real_dir
 
 
 def _all_index(path: Path) -> dict[str, np.ndarray]:
@@ -196,7 +196,7 @@ def test_interrupted_run_leaves_no_cache(raw_dir: Path, tmp_path: Path) -> None:
 
 def test_config_errors() -> None:
     for bad in (dict(size=-1), dict(split=(0.5, 0.5, 0.5)), dict(modalities=("t3",)), dict(region="xx"),
-                dict(empty_slices=2.0), dict(norm="zscore")):
+                dict(empty_slices=2.0), dict(norm="z-score")):
         with pytest.raises(ConfigError):
             PreprocessConfig(**bad)
 
@@ -250,3 +250,26 @@ def test_a_cache_written_before_a_setting_existed_is_still_up_to_date(raw_dir: P
         f.attrs["config"] = json.dumps(config)
     assert cache.read_meta(out).config["context"] == 0
     assert preprocess(raw_dir, out, PreprocessConfig(size=SIZE), workers=1).up_to_date
+
+
+def test_zscore_uses_brain_voxels_only_and_keeps_background_zero(raw_dir: Path, tmp_path: Path) -> None:
+    from brats2d.config import TrainConfig
+    from brats2d.preprocess import normalize
+    from brats2d.train import train
+
+    rng = np.random.default_rng(0)
+    vol = np.zeros((20, 20, 10), np.float32)
+    vol[4:16, 4:16, 2:8] = rng.gamma(4.0, 100.0, (12, 12, 6)).astype(np.float32) + 1
+    out = normalize(vol, "zscore")
+    brain = vol != 0
+    assert abs(out[brain].mean()) < 1e-5 and abs(out[brain].std() - 1) < 1e-5 and not out[~brain].any()
+    # Scale-free: a site that stores 20x the values gives the same input.
+    np.testing.assert_allclose(normalize(vol * 20, "zscore"), out, atol=1e-5)
+    with pytest.raises(InputError, match="constant volume inside the brain"):
+        normalize(np.where(brain, np.float32(7), np.float32(0)), "zscore", name="x.nii.gz")
+    out_cache = tmp_path / "z.h5"
+    preprocess(raw_dir, out_cache, PreprocessConfig(size=SIZE, norm="zscore"), workers=1)
+    images, _ = cache.open_arrays(out_cache, "train")
+    assert images.min() < 0 < images.max()  # z-scores, not [0, 1]
+    with pytest.raises(ConfigError, match="intensity_p"):  # gamma on negative values would be meaningless
+        train(out_cache, tmp_path / "run", TrainConfig(**{**TINY, "intensity_p": 0.5}), log=lambda m: None)

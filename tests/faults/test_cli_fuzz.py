@@ -109,7 +109,7 @@ FUZZ = {
         "--size": ["-1", "0", "7", "1025", "abc", "1.5", "nan", ""],
         "--split": ["0.5,0.5,0.5", "0.5,0.5", "a,b,c", "", ",,", "1,0,-0.5", "0,0.5,0.5", "nan,0,0", "1e400,0,0"],
         "--modalities": ["t3", ",", "flair,flair", "FLAIR2", "t1;t2"],
-        "--region": ["xx", "", "WT2"], "--norm": ["zscore", ""], "--dtype": ["float64", "int8"],
+        "--region": ["xx", "", "WT2"], "--norm": ["z-score", ""], "--dtype": ["float64", "int8"],
         "--empty-slices": ["-0.1", "1.5", "nan", "x", "inf"], "--workers": ["-1", "x"], "--seed": ["x", "1.5", "-3"],
         "--recipe": ["best", ""], "--splits-file": ["MISSING", "EMPTY"],
     }, {"--size": ["24", "16"], "--region": ["all", "et"], "--norm": ["percentile"], "--dtype": ["float32"],
