@@ -20,19 +20,19 @@ import numpy as np
 from .crossval import METRICS, PLAN, CrossvalError, _read, fold_settings, with_defaults
 
 
-def _finished(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any]:
+def _finished(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any] | None:
     m = _read(out / f"fold{i}" / METRICS)
-    if m is None or with_defaults(m.get("settings", {})) != fold_settings(plan, i):
-        raise CrossvalError(f"{out}: fold {i} is not finished (run its `brats2d crossval` command first)")
-    return m
+    return m if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i) else None
 
 
 def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the ensemble of the cross-validations `outs` (>= 2) on their common held-out patients.
 
-    Returns {outs, per_patient: [{patient, fold, dice, hd95, first_dice}] per region, dice (described),
-    fold_dice, first_dice, paired: {mean, se, better, worse} (ensemble minus the first folder)}.
+    Folds not finished in every folder are skipped and listed (a partial screen can be ensembled).
+    Returns {outs, predict, missing_folds, regions: {region: {per_patient: [{patient, fold, dice, hd95,
+    first_dice}], dice, first_dice, hd95_median, fold_dice, paired: {mean, se, better, worse}}}}, paired
+    being the ensemble minus the first folder.
     """
     from .evaluate import _describe
     from .inference import load_predictor
@@ -53,10 +53,15 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
                                 "the same --folds, --seed and raw folder")
     own = plans[0]["predict"]
     rows: dict[str, list[dict[str, Any]]] = {}
+    missing = []
     for i in range(plans[0]["folds"]):
-        firsts = _finished(dirs[0], plans[0], i)
-        for d, p in zip(dirs[1:], plans[1:]):
-            _finished(d, p, i)
+        done = [_finished(d, p, i) for d, p in zip(dirs, plans)]
+        if any(m is None for m in done):
+            log(f"fold {i}: not finished in {', '.join(str(d) for d, m in zip(dirs, done) if m is None)}; skipped")
+            missing.append(i)
+            continue
+        firsts = done[0]
+        assert firsts is not None
         members = [load_predictor(d / f"fold{i}" / "run", p["predict"]["checkpoint"], device)
                    for d, p in zip(dirs, plans)]
         if len({tuple(m.regions) for m in members}) > 1:
@@ -77,6 +82,9 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
         log(f"fold {i} ({i + 1} of {plans[0]['folds']}): " + "; ".join(
             f"{r} ensemble {np.mean([x['dice'] for x in v if x['fold'] == i]):.4f} vs "
             f"{np.mean([x['first_dice'] for x in v if x['fold'] == i]):.4f}" for r, v in rows.items()))
+    if not rows:
+        raise CrossvalError(f"no fold is finished in every folder ({', '.join(map(str, dirs))}); "
+                            "run their `brats2d crossval` commands first")
     regions = {}
     for region, pp in rows.items():
         delta = np.array([p["dice"] - p["first_dice"] for p in pp])
@@ -89,4 +97,4 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
             "paired": {"mean": float(delta.mean()),
                        "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
                        "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}}
-    return {"outs": [str(d) for d in dirs], "predict": own, "regions": regions}
+    return {"outs": [str(d) for d in dirs], "predict": own, "missing_folds": missing, "regions": regions}

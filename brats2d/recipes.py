@@ -23,7 +23,9 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # (-0.002 +- 0.014), 20 epochs (worse on 3 of 4 folds), TTA (+0.001 +- 0.004) and the last epoch's
 # checkpoint alone instead of the best validation epoch's (+0.010 +- 0.010, but its worst patient fell
 # from 0.23 to 0.12) did not clear that bar, so they are not in it; nor did intensity augmentation
-# (--intensity-p 0.5, folds 0-1 only: -0.025 +- 0.027 on 12 patients). The cosine schedule was not ablated.
+# (--intensity-p 0.5, folds 0-1 only: -0.025 +- 0.027 on 12 patients), spatial augmentation (--spatial-p 0.5,
+# folds 0-1: -0.020 +- 0.019), 2.5D input (--context 1, folds 0-1: -0.001 +- 0.006) or FLAIR+T1ce
+# (+0.005 +- 0.009, all folds). The cosine schedule was not ablated.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {

@@ -161,3 +161,5 @@ def ensemble_table(res: dict[str, Any]) -> None:
         fd = r["fold_dice"]
         c.print(f"ensemble fold means {_fmt(fd['mean'])} ± {_fmt(fd['sd'])}; HD95 median {_fmt(r['hd95_median'])} mm",
                 highlight=False)
+    if res["missing_folds"]:
+        c.print(f"[yellow]folds skipped (not finished in every folder): {', '.join(map(str, res['missing_folds']))}[/]")

@@ -249,8 +249,19 @@ def test_crossval_ensemble_averages_the_folders_models_on_their_held_out_patient
     (c / "crossval.json").write_text(json.dumps(plan))
     with pytest.raises(CrossvalError, match="other-folds: other folds"):
         ensemble(raw_dir, [a, c], device="cpu", log=lambda m: None)
+    # A fold not finished in one folder is skipped and listed; with none in common it is an error.
+    shutil.rmtree(b / "fold2")
+    part = ensemble(raw_dir, [a, b], device="cpu", log=lambda m: None)
+    assert part["missing_folds"] == [2] and {p["fold"] for p in part["regions"]["wt"]["per_patient"]} == {0, 1}
+    for fold in ("fold0", "fold1"):
+        (c / fold / "metrics.json").unlink()
+    plan["splits"][0]["test"], plan["splits"][1]["test"] = plan["splits"][1]["test"], plan["splits"][0]["test"]
+    (c / "crossval.json").write_text(json.dumps(plan))
+    with pytest.raises(CrossvalError, match="no fold is finished in every folder"):
+        ensemble(raw_dir, [b, c], device="cpu", log=lambda m: None)
     res = CliRunner().invoke(cli, ["crossval-ensemble", str(raw_dir), str(a), str(b), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     saved = json.loads((a / "ensemble-with-seed7.json").read_text())
-    assert saved["regions"]["wt"]["paired"] == pytest.approx(both["paired"]) and "ensemble" in res.output
+    assert saved["regions"]["wt"]["paired"] == pytest.approx(part["regions"]["wt"]["paired"])
+    assert "ensemble" in res.output and "folds skipped (not finished in every folder): 2" in res.output
     (a / "ensemble-with-seed7.json").unlink()  # the module-scoped fixture folder stays as it was
