@@ -251,6 +251,18 @@ def _log_fold(log: Callable[[str], None], i: int, k: int, metrics: dict[str, Any
             f"over {len(v['per_patient'])} patients; pooled slice Dice {metrics['slices'][region]['pooled']['dice']:.4f}")
 
 
+def finished_fold(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any] | None:
+    """Fold i's metrics in `out` if that fold finished with `plan`'s settings, else None."""
+    m = _read(out / f"fold{i}" / METRICS)
+    return m if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i) else None
+
+
+def paired(delta: np.ndarray) -> dict[str, Any]:
+    """Mean and standard error of per-patient differences, and how many patients each way."""
+    return {"mean": float(delta.mean()), "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
+            "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}
+
+
 def summarize(out: str | Path) -> dict[str, Any]:
     """Collect the finished folds of `out` into cv_summary.json (written atomically) and return it."""
     from .evaluate import _describe
@@ -261,8 +273,8 @@ def summarize(out: str | Path) -> dict[str, Any]:
         raise CrossvalError(f"{out}: no {PLAN} (not a cross-validation folder)")
     fold_metrics, missing = [], []
     for i in range(plan["folds"]):
-        m = _read(out / f"fold{i}" / METRICS)
-        if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i):
+        m = finished_fold(out, plan, i)
+        if m is not None:
             fold_metrics.append(m)
         else:
             missing.append(i)
@@ -314,9 +326,7 @@ def _postprocessing_summary(fold_metrics: list[dict[str, Any]]) -> dict[str, Any
             out[name]["regions"][region] = {
                 "dice": _describe(list(var.values())), "hd95_median": float(np.median(
                     [p["hd95"] for m in fold_metrics for p in m["postprocessing"][name]["regions"][region]])),
-                "paired": {"mean": float(delta.mean()),
-                           "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
-                           "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}}
+                "paired": paired(delta)}
     return out
 
 

@@ -17,12 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .crossval import METRICS, PLAN, CrossvalError, _read, fold_settings, with_defaults
-
-
-def _finished(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any] | None:
-    m = _read(out / f"fold{i}" / METRICS)
-    return m if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i) else None
+from .crossval import PLAN, CrossvalError, _read, finished_fold, paired, with_defaults
 
 
 def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
@@ -55,7 +50,7 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
     rows: dict[str, list[dict[str, Any]]] = {}
     missing = []
     for i in range(plans[0]["folds"]):
-        done = [_finished(d, p, i) for d, p in zip(dirs, plans)]
+        done = [finished_fold(d, p, i) for d, p in zip(dirs, plans)]
         if any(m is None for m in done):
             log(f"fold {i}: not finished in {', '.join(str(d) for d, m in zip(dirs, done) if m is None)}; skipped")
             missing.append(i)
@@ -94,7 +89,5 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
             "first_dice": _describe([p["first_dice"] for p in pp]),
             "hd95_median": float(np.median([p["hd95"] for p in pp])),
             "fold_dice": _describe([float(np.mean([p["dice"] for p in pp if p["fold"] == f])) for f in folds]),
-            "paired": {"mean": float(delta.mean()),
-                       "se": float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0,
-                       "better": int((delta > 1e-9).sum()), "worse": int((delta < -1e-9).sum())}}
+            "paired": paired(delta)}
     return {"outs": [str(d) for d in dirs], "predict": own, "missing_folds": missing, "regions": regions}
