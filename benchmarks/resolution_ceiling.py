@@ -9,8 +9,8 @@ A 2D model at S x S never sees the native 240 x 240 grid: it is trained on the m
 lose what that round trip loses, so this is the best per-patient whole-tumour 3D Dice any model of the
 pipeline can reach at size S; a model far below it is limited by something other than resolution.
 Rows: full-frame slices at each --sizes, and the same round trip on a square crop around the brain
-(the bounding box of non-zero FLAIR over the volume, centred, as nnU-Net crops to non-zero), which the
-pipeline does *not* do: it tells what cropping could buy at most. Not a speed benchmark: no timings.
+(the bounding box of non-zero FLAIR over the volume, centred, as nnU-Net crops to non-zero), which
+`--crop brain` does (brats2d/crop.py): it tells what cropping can buy at most. Not a speed benchmark: no timings.
 
 Data: a real BraTS folder (--real, default /work/shared/data/brats-real if it exists) or, without one,
 synthetic phantoms from brats2d.synth (--patients, default 8; --quick: 2 small ones).
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
 from common import finish  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
+from brats2d.crop import brain_box  # noqa: E402
 from brats2d.inference import _resize_up  # noqa: E402
 from brats2d.nifti import discover, load_patient  # noqa: E402
 from brats2d.preprocess import region_masks, resize_slices  # noqa: E402
@@ -50,16 +51,6 @@ def round_trip(mask: np.ndarray, size: int, box: tuple[int, int, int, int] | Non
     out = np.zeros_like(mask)
     out[x0:x1, y0:y1] = np.moveaxis(back, 0, -1)
     return out
-
-
-def brain_box(image: np.ndarray) -> tuple[int, int, int, int]:
-    """Square (x0, x1, y0, y1) around the non-zero voxels of (C, X, Y, Z), centred, inside the frame."""
-    b = image.any(axis=(0, 3))
-    xs, ys = np.flatnonzero(b.any(1)), np.flatnonzero(b.any(0))
-    side = min(max(xs[-1] + 1 - xs[0], ys[-1] + 1 - ys[0]), *b.shape)
-    x0 = int(np.clip((xs[0] + xs[-1] + 1 - side) // 2, 0, b.shape[0] - side))
-    y0 = int(np.clip((ys[0] + ys[-1] + 1 - side) // 2, 0, b.shape[1] - side))
-    return x0, x0 + side, y0, y0 + side
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Layout (``FORMAT_VERSION`` 1)::
 
     /                      attrs: format_version (int), config (JSON of PreprocessConfig), created (ISO time),
                                   source (JSON: {case: [[file, bytes, mtime_ns], ...]}),
-                                  patients (JSON: {case: {split, shape, spacing, n_slices}}),
+                                  patients (JSON: {case: {split, shape, spacing, box, n_slices}}),
                                   splits (JSON: {train: [...], val: [...], test: [...]})
     /<split>/images        (N, C, S, S) float16|float32, min-max/percentile normalized, contiguous
     /<split>/masks         (N, K, S, S) uint8 0/1 (K = 1, or 3 for region "all": WT, TC, ET), contiguous

@@ -17,6 +17,7 @@ NORMS = ("minmax", "percentile", "zscore")
 LOSSES = ("bce", "dice", "bce+dice", "focal", "dice+focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_DTYPES = ("float16", "float32")
+CROPS = ("none", "brain")  # none: the whole frame (the seed); brain: a square around the head (brats2d/crop.py)
 CHECKPOINTS = ("best", "latest", "best+latest")  # which model(s) of a run predict: best+latest averages both
 
 
@@ -47,6 +48,7 @@ class PreprocessConfig:
     percentile: tuple[float, float] = (0.5, 99.5)  # used by norm="percentile", over brain voxels
     dtype: str = "float16"  # image storage; see README "Cache format" for the measurement
     context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
+    crop: str = "none"  # brain: resize a square box around the head instead of the whole frame
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -68,6 +70,7 @@ class PreprocessConfig:
         _check(0 <= lo < hi <= 100, f"percentile: need 0 <= low < high <= 100, got {self.percentile}")
         _check(self.dtype in CACHE_DTYPES, f"dtype: {self.dtype!r} (choose from {', '.join(CACHE_DTYPES)})")
         _check(0 <= self.context <= 8, f"context: {self.context} neighbouring slices per side is outside 0..8")
+        _check(self.crop in CROPS, f"crop: unknown crop {self.crop!r} (choose from {', '.join(CROPS)})")
 
     @property
     def out_channels(self) -> int:

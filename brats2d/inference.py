@@ -12,6 +12,7 @@ import torch
 from . import checkpoint
 from .augment import apply_batch, invert_one
 from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
+from .crop import box_for, paste
 from .model import UNet, build_model
 from .preprocess import normalize, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
@@ -98,23 +99,26 @@ class Predictor:
         """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every axial slice.
 
         Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
-        training size, predicts in batches and resizes the probabilities back (bilinear). Axial
+        training size (after cropping to the same head box, crop 'brain'), predicts in batches and
+        resizes the probabilities back (bilinear; 0 outside the box). Axial
         slices that are exactly 0 in every channel (outside the head: ~20 % of a BraTS volume) are
         not run through the model; their probability (and uncertainty) is 0.
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
         head = np.flatnonzero(image.any(axis=(0, 1, 2)))  # z of slices with any signal
+        box = box_for(image, self.prep_cfg.crop)  # from the raw voxels, as preprocess found it
         if not normalized:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
         X, Y, Z = image.shape[1:]
-        x = resize_slices(with_context(image, head, self.prep_cfg.context), self.prep_cfg.size)  # (n, C', S, S)
-        p, v = self.slices(x, **kw)
+        x0, x1, y0, y1 = box
+        x = resize_slices(with_context(image[:, x0:x1, y0:y1], head, self.prep_cfg.context), self.prep_cfg.size)
+        p, v = self.slices(x, **kw)  # (n, K, S, S)
 
-        def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, X, Y, Z), zeros where skipped
+        def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, X, Y, Z), zeros where skipped or cropped
             out = np.zeros((a.shape[1], X, Y, Z), np.float32)
-            out[..., head] = np.moveaxis(_resize_up(a, (X, Y)), 0, -1)
+            out[..., head] = np.moveaxis(paste(_resize_up(a, (x1 - x0, y1 - y0)), box, (X, Y)), 0, -1)
             return out
 
         return back(p), None if v is None else back(v)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import cache
 from .config import PreprocessConfig, to_dict
+from .crop import box_for
 from .nifti import InputError, Patient, discover, load_patient
 from .splits import load_splits, save_splits, split_patients
 
@@ -105,8 +106,9 @@ class PatientSlices:
     images: np.ndarray  # (n, cfg.in_channels, S, S) float32, in [0, 1] unless norm is zscore
     masks: np.ndarray  # (n, K, S, S) uint8
     slices: np.ndarray  # (n,) int32 z indices
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]  # of the raw volume
+    spacing: tuple[float, float, float]  # mm of one cached pixel (x, y) and slice (z)
+    box: tuple[int, int, int, int]  # x0, x1, y0, y1: the part of each raw slice that was resized (crop)
 
 
 def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
@@ -117,8 +119,10 @@ def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
     has_tumour = masks[0].any(axis=(0, 1))  # (Z,): slice has region (WT for "all")
     if not has_tumour.any():
         raise InputError(f"{patient.files['seg']}: no tumour voxels for region {cfg.region!r}; patient skipped")
+    x0, x1, y0, y1 = box_for(image, cfg.crop)  # from the raw voxels, as predict finds it
     for c, m in enumerate(cfg.modalities):
         image[c] = normalize(image[c], cfg.norm, cfg.percentile, name=str(patient.files[m]))
+    image, masks = image[:, x0:x1, y0:y1], masks[:, x0:x1, y0:y1]
     keep = np.flatnonzero(has_tumour)
     if cfg.empty_slices > 0:
         brain = (image != 0).any(axis=(0, 1, 2))
@@ -129,10 +133,10 @@ def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
     x = with_context(image, keep, cfg.context)  # (n, C', X, Y)
     y = np.moveaxis(masks[..., keep], -1, 0)
     sx, sy, sz = spacing
-    X, Y, Z = seg.shape
     return PatientSlices(
         case=patient.case, images=resize_slices(x, cfg.size), masks=resize_slices(y, cfg.size, binary=True),
-        slices=keep.astype(np.int32), shape=(X, Y, Z), spacing=(sx * X / cfg.size, sy * Y / cfg.size, sz))
+        slices=keep.astype(np.int32), shape=seg.shape, box=(x0, x1, y0, y1),
+        spacing=(sx * (x1 - x0) / cfg.size, sy * (y1 - y0) / cfg.size, sz))
 
 
 def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
@@ -232,7 +236,7 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
                     st["slices"] += len(res.slices)
                     st["tumour_pixels"] += int(res.masks[:, 0].sum())
                     info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
-                                    "n_slices": len(res.slices)}
+                                    "box": list(res.box), "n_slices": len(res.slices)}
                 if on_patient:
                     on_patient(p.case)
             if not info:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from brats2d.config import CHECKPOINTS, NORMS, PreprocessConfig, TrainConfig
+from brats2d.config import CHECKPOINTS, CROPS, NORMS, PreprocessConfig, TrainConfig
 from brats2d.recipes import PREDICT_DEFAULTS, RECIPES
 
 from .main import P, _device, _names, cli, config_options
@@ -43,6 +43,8 @@ from .main import P, _device, _names, cli, config_options
 @click.option("--norm", type=click.Choice(list(NORMS)), default=P.norm, show_default=True)
 @click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
               help="2.5D: neighbouring slices per side as extra input channels")
+@click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
+              help="brain: resize a square box around the head, not the whole frame")
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
               help="predict: drop 3D components smaller than this (voxels)")
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")

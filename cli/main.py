@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from brats2d import __version__
-from brats2d.config import CHECKPOINTS, NORMS, ConfigError, PreprocessConfig, TrainConfig
+from brats2d.config import CHECKPOINTS, CROPS, NORMS, ConfigError, PreprocessConfig, TrainConfig
 from brats2d.recipes import RECIPES  # light: no heavy imports
 
 DEFAULT_CACHE = "data_cache/brats2d.h5"
@@ -125,6 +125,8 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--norm", type=click.Choice(list(NORMS)), default=P.norm, show_default=True)
 @click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
               help="2.5D: neighbouring slices per side as extra input channels")
+@click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
+              help="brain: resize a square box around the head, not the whole frame")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
