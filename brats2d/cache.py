@@ -6,7 +6,7 @@ Layout (``FORMAT_VERSION`` 1)::
                                   source (JSON: {case: [[file, bytes, mtime_ns], ...]}),
                                   patients (JSON: {case: {split, shape, spacing, box, n_slices}}),
                                   splits (JSON: {train: [...], val: [...], test: [...]})
-    /<split>/images        (N, C, S, S) float16|float32, min-max/percentile normalized, contiguous
+    /<split>/images        (N, C, S, S) float16|float32, normalized (config.norm), contiguous
     /<split>/masks         (N, K, S, S) uint8 0/1 (K = 1, or 3 for region "all": WT, TC, ET), contiguous
     /<split>/patient       (N,) variable-length UTF-8 case names
     /<split>/slice         (N,) int32 axial index z in the source volume
