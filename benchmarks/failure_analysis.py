@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Where a cross-validated model misses: per held-out patient, which tumour labels and how bright.
+
+    python benchmarks/failure_analysis.py runs/cv-zscore [--raw DIR] [--below 0.70] [--json F]
+
+For every finished fold of a `brats2d crossval` output folder, each held-out patient is predicted again
+with that fold's run and the plan's own predict settings (checkpoint, TTA, post-processing, threshold:
+the per-patient Dice equals the fold's metrics.json), and for the whole tumour it reports
+
+* volume ratio: predicted / true voxels (< 1 under-, > 1 over-segmented);
+* missed share of each BraTS label: the fraction of the necrotic / non-enhancing core (1), the oedema
+  (2) and the enhancing tumour (4, or 3 since 2023) voxels that the prediction does not cover;
+* contrast of the first input modality (FLAIR by default): median brain z-score ((v - mean) / sd over
+  brain voxels, whatever the run's normalization) of the tumour found, the tumour missed and the normal
+  brain, and the normal brain's 90th percentile: a miss whose z-score sits inside the normal brain's
+  range is tissue that looks normal in that modality.
+
+The summary pools the labels' missed shares over the patients below `--below` and over the rest, which
+says whether failures are a label (say, the core that FLAIR shows dark) or a contrast problem. It is an
+accuracy diagnostic, not a speed benchmark: no timings. Needs the raw folder the crossval ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
+from common import finish  # noqa: E402
+from brats2d import metrics as M  # noqa: E402
+from brats2d.cache import read_meta  # noqa: E402
+from brats2d.crossval import PLAN, finished_fold  # noqa: E402
+from brats2d.inference import load_predictor  # noqa: E402
+from brats2d.nifti import load_patient, patient_from_folder  # noqa: E402
+from brats2d.predict import postprocess  # noqa: E402
+
+LABELS = ("core", "oedema", "enhancing")
+
+
+def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int) -> dict[str, Any]:
+    """One patient: image (X, Y, Z) float32 (raw intensities, 0 outside the brain), seg (X, Y, Z) labels,
+    pred (X, Y, Z) bool whole-tumour prediction -> {dice, volume_ratio, missed{label}, z{found, missed,
+    normal, normal_p90}}; a label the patient does not have is missed None, as is an empty set's z."""
+    truth = seg > 0
+    dice = float(M.dice(M.confusion(pred, truth)))
+    missed = {}
+    for name, lab in zip(LABELS, (1, 2, et_label)):
+        m = seg == lab
+        missed[name] = float((m & ~pred).sum() / m.sum()) if m.any() else None
+    brain = image != 0
+    vals = image[brain].astype(np.float64)
+    z = (image - vals.mean()) / (vals.std() or 1.0)
+
+    def med(mask: np.ndarray) -> float | None:
+        return float(np.median(z[mask])) if mask.any() else None
+
+    normal = brain & ~truth
+    return {"dice": dice, "volume_ratio": float(pred.sum() / truth.sum()) if truth.any() else None,
+            "missed": missed, "z": {"found": med(truth & pred), "missed": med(truth & ~pred), "normal": med(normal),
+                                    "normal_p90": float(np.percentile(z[normal], 90)) if normal.any() else None}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cv", type=Path, help="a brats2d crossval output folder")
+    ap.add_argument("--raw", type=Path, help="the raw BraTS folder it ran on (default: the one its plan names)")
+    ap.add_argument("--below", type=float, default=0.70, help="Dice under which a patient counts as a failure")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    a = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    plan = json.loads((a.cv / PLAN).read_text())
+    raw = a.raw or Path(plan["raw"])
+    own = plan["predict"]
+    rows: list[dict[str, Any]] = []
+    for i in range(plan["folds"]):
+        if finished_fold(a.cv, plan, i) is None:
+            continue
+        d = a.cv / f"fold{i}"
+        pred = load_predictor(d / "run", own["checkpoint"], a.device)
+        for case in read_meta(d / "cache.h5").splits["test"]:
+            patient = patient_from_folder(raw / case)
+            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities)
+            prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
+            mask = postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+            rows.append({"patient": case, "fold": i, **analyse(image[0], seg, mask, patient.et_label)})
+    groups = {f"dice < {a.below:g}": [r for r in rows if r["dice"] < a.below],
+              f"dice >= {a.below:g}": [r for r in rows if r["dice"] >= a.below]}
+    summary = {}
+    for g, rs in groups.items():
+        summary[g] = {"patients": len(rs), **{
+            lab: float(np.mean(v)) if (v := [r["missed"][lab] for r in rs if r["missed"][lab] is not None]) else None
+            for lab in LABELS}}
+    res = {"settings": {"cv": str(a.cv), "raw": str(raw), "below": a.below, "modality": plan["preprocess"]["modalities"][0],
+                        "predict": own}, "patients": sorted(rows, key=lambda r: r["dice"]), "summary": summary}
+    return finish(res, t_start, report, a.json)
+
+
+def report(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    t = Table(title=f"Whole-tumour misses per held-out patient ({res['settings']['cv']}; z: "
+                    f"{res['settings']['modality']} brain z-scores)")
+    for c in ("patient", "fold", "Dice", "pred/true", "missed core", "missed oedema", "missed enh.",
+              "z found", "z missed", "z normal", "normal p90"):
+        t.add_column(c, justify="left" if c == "patient" else "right", no_wrap=True)
+    for r in res["patients"]:
+        t.add_row(r["patient"], str(r["fold"]), f"{r['dice']:.3f}", f(r["volume_ratio"]),
+                  *(f(r["missed"][lab]) for lab in LABELS), *(f(r["z"][k]) for k in ("found", "missed", "normal", "normal_p90")))
+    s = Table(title="Mean missed share of each label")
+    for c in ("patients", "n", *LABELS):
+        s.add_column(c, justify="left" if c == "patients" else "right")
+    for g, v in res["summary"].items():
+        s.add_row(g, str(v["patients"]), *(f(v[lab]) for lab in LABELS))
+    con = Console(width=max(140, Console().width))
+    con.print(t)
+    con.print(s)
+    con.print(f"total {res['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
