@@ -4,12 +4,14 @@ Layout (``FORMAT_VERSION`` 1)::
 
     /                      attrs: format_version (int), config (JSON of PreprocessConfig), created (ISO time),
                                   source (JSON: {case: [[file, bytes, mtime_ns], ...]}),
-                                  patients (JSON: {case: {split, shape, spacing, box, n_slices}}),
+                                  patients (JSON: {case: {split, shape, spacing, box, n_slices, views}}),
                                   splits (JSON: {train: [...], val: [...], test: [...]})
     /<split>/images        (N, C, S, S) float16|float32, normalized (config.norm), contiguous
     /<split>/masks         (N, K, S, S) uint8 0/1 (K = 1, or 3 for region "all": WT, TC, ET), contiguous
     /<split>/patient       (N,) variable-length UTF-8 case names
-    /<split>/slice         (N,) int32 axial index z in the source volume
+    /<split>/slice         (N,) int32 axial index z in the source volume; with config.views, a training
+                           patient's axial slices come first, then each further plane's (counts in
+                           patients[case].views), each indexed along its own plane's axis (brats2d/views.py)
     each images/masks dataset has attr sha256 (hex digest of its raw bytes) for `verify`.
 
 Images and masks are stored contiguous and uncompressed so a reader can map them straight from the

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from .views import VIEWS
+
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("wt", "tc", "et", "all")
 NORMS = ("minmax", "percentile", "zscore")
@@ -49,11 +51,13 @@ class PreprocessConfig:
     dtype: str = "float16"  # image storage; see README "Cache format" for the measurement
     context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
     crop: str = "none"  # brain: resize a square box around the head instead of the whole frame
+    views: tuple[str, ...] = ("axial",)  # planes the train split's slices come from; predict fuses them (brats2d/views.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         object.__setattr__(self, "split", tuple(float(s) for s in self.split))
         object.__setattr__(self, "percentile", tuple(float(p) for p in self.percentile))
+        object.__setattr__(self, "views", tuple(self.views))
         _check(len(self.modalities) > 0, "modalities: at least one modality is needed")
         for m in self.modalities:
             _check(m in MODALITIES, f"modalities: unknown modality {m!r} (choose from {', '.join(MODALITIES)})")
@@ -66,6 +70,12 @@ class PreprocessConfig:
         _check(self.split[0] > 0, "split: the train fraction must be > 0")
         _check(0.0 <= self.empty_slices <= 1.0, f"empty_slices: {self.empty_slices} is outside 0..1")
         _check(self.norm in NORMS, f"norm: unknown normalization {self.norm!r} (choose from {', '.join(NORMS)})")
+        for v in self.views:
+            _check(v in VIEWS, f"views: unknown plane {v!r} (choose from {', '.join(VIEWS)})")
+        _check(len(self.views) > 0 and len(set(self.views)) == len(self.views) and "axial" in self.views,
+               f"views: need distinct planes including axial (val/test slices are axial), got {self.views}")
+        _check(self.views == ("axial",) or (self.context == 0 and self.crop == "none"),
+               f"views: coronal/sagittal planes work with context 0 and crop none, got context {self.context}, crop {self.crop!r}")
         lo, hi = self.percentile
         _check(0 <= lo < hi <= 100, f"percentile: need 0 <= low < high <= 100, got {self.percentile}")
         _check(self.dtype in CACHE_DTYPES, f"dtype: {self.dtype!r} (choose from {', '.join(CACHE_DTYPES)})")

@@ -16,6 +16,7 @@ from .crop import box_for, paste
 from .model import UNet, build_model
 from .preprocess import normalize, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
+from .views import from_view, to_view
 
 # The 8 distinct transforms of the training augmentation (k quarter-turns, with and without hflip).
 TTA_CODES = (0, 1, 2, 3, 8, 9, 10, 11)
@@ -96,29 +97,47 @@ class Predictor:
         return p.div_(len(self.models)).cpu().numpy()
 
     def volume(self, image: np.ndarray, normalized: bool = False, **kw) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every axial slice.
+        """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every slice.
 
         Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
         training size (after cropping to the same head box, crop 'brain'), predicts in batches and
-        resizes the probabilities back (bilinear; 0 outside the box). Axial
-        slices that are exactly 0 in every channel (outside the head: ~20 % of a BraTS volume) are
-        not run through the model; their probability (and uncertainty) is 0.
+        resizes the probabilities back (bilinear; 0 outside the box). Slices that are exactly 0 in
+        every channel (outside the head: ~20 % of a BraTS volume) are not run through the model; their
+        probability (and uncertainty) is 0. With several planes in the preprocess config's `views`,
+        the model predicts along each plane and the probability (and uncertainty) volumes are averaged.
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
-        head = np.flatnonzero(image.any(axis=(0, 1, 2)))  # z of slices with any signal
         box = box_for(image, self.prep_cfg.crop)  # from the raw voxels, as preprocess found it
         if not normalized:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
-        X, Y, Z = image.shape[1:]
-        x0, x1, y0, y1 = box
+        shape = image.shape[1:]
+        p, v = None, None
+        for view in self.prep_cfg.views:
+            pv, vv = self._plane(to_view(image, view), box if view == "axial" else None, **kw)
+            pv = from_view(pv, view, shape)
+            p = pv if p is None else p + pv
+            if vv is not None:
+                vv = from_view(vv, view, shape)
+                v = vv if v is None else v + vv
+        assert p is not None
+        n = np.float32(len(self.prep_cfg.views))
+        return np.ascontiguousarray(p / n), None if v is None else np.ascontiguousarray(v / n)
+
+    def _plane(self, image: np.ndarray, box: tuple[int, int, int, int] | None, **kw
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (K, H, W, D) of the slices along the last axis of a normalized (C, H, W, D)
+        volume; `box` (x0, x1, y0, y1) is the part of each slice that is resized (None: all of it)."""
+        H, W, D = image.shape[1:]
+        head = np.flatnonzero(image.any(axis=(0, 1, 2)))  # slices with any signal
+        x0, x1, y0, y1 = box if box is not None else (0, H, 0, W)
         x = resize_slices(with_context(image[:, x0:x1, y0:y1], head, self.prep_cfg.context), self.prep_cfg.size)
         p, v = self.slices(x, **kw)  # (n, K, S, S)
 
-        def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, X, Y, Z), zeros where skipped or cropped
-            out = np.zeros((a.shape[1], X, Y, Z), np.float32)
-            out[..., head] = np.moveaxis(paste(_resize_up(a, (x1 - x0, y1 - y0)), box, (X, Y)), 0, -1)
+        def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, H, W, D), zeros where skipped or cropped
+            out = np.zeros((a.shape[1], H, W, D), np.float32)
+            out[..., head] = np.moveaxis(paste(_resize_up(a, (x1 - x0, y1 - y0)), (x0, x1, y0, y1), (H, W)), 0, -1)
             return out
 
         return back(p), None if v is None else back(v)

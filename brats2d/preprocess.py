@@ -21,6 +21,7 @@ from .config import PreprocessConfig, to_dict
 from .crop import box_for
 from .nifti import InputError, Patient, discover, load_patient
 from .splits import load_splits, save_splits, split_patients
+from .views import VIEWS, to_view
 
 
 class PreprocessError(Exception):
@@ -109,37 +110,47 @@ class PatientSlices:
     shape: tuple[int, int, int]  # of the raw volume
     spacing: tuple[float, float, float]  # mm of one cached pixel (x, y) and slice (z)
     box: tuple[int, int, int, int]  # x0, x1, y0, y1: the part of each raw slice that was resized (crop)
+    views: dict[str, int] = field(default_factory=dict)  # slices per plane, in the order stored (axial first)
 
 
-def process_patient(patient: Patient, cfg: PreprocessConfig) -> PatientSlices:
-    """Load, normalize, select and resize one patient's axial slices (InputError on bad input)."""
+def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, ...] = ("axial",)) -> PatientSlices:
+    """Load, normalize, select and resize one patient's slices (InputError on bad input).
+
+    Axial slices first, then those of each further plane in `views` (cfg.views for training patients:
+    brats2d/views.py); `slices` holds each slice's index along its own plane's axis.
+    """
     image, seg, _, spacing = load_patient(patient, cfg.modalities)
     assert seg is not None
     masks = region_masks(seg, cfg.region, patient.et_label)
-    has_tumour = masks[0].any(axis=(0, 1))  # (Z,): slice has region (WT for "all")
-    if not has_tumour.any():
+    if not masks[0].any():
         raise InputError(f"{patient.files['seg']}: no tumour voxels for region {cfg.region!r}; patient skipped")
     x0, x1, y0, y1 = box_for(image, cfg.crop)  # from the raw voxels, as predict finds it
     for c, m in enumerate(cfg.modalities):
         image[c] = normalize(image[c], cfg.norm, cfg.percentile, name=str(patient.files[m]))
     image, masks = image[:, x0:x1, y0:y1], masks[:, x0:x1, y0:y1]
-    keep = np.flatnonzero(has_tumour)
-    if cfg.empty_slices > 0:
-        brain = (image != 0).any(axis=(0, 1, 2))
-        empty = np.flatnonzero(brain & ~has_tumour)
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(patient.case.encode())])
-        n = int(round(cfg.empty_slices * len(empty)))
-        keep = np.sort(np.concatenate([keep, rng.choice(empty, size=n, replace=False)]))
-    x = with_context(image, keep, cfg.context)  # (n, C', X, Y)
-    y = np.moveaxis(masks[..., keep], -1, 0)
+    xs, ys, zs = [], [], []
+    for k, view in enumerate(v for v in VIEWS if v in views):
+        im, ms = to_view(image, view), to_view(masks, view)
+        has_tumour = ms[0].any(axis=(0, 1))  # (D,): slice has region (WT for "all")
+        keep = np.flatnonzero(has_tumour)
+        if cfg.empty_slices > 0:
+            brain = (im != 0).any(axis=(0, 1, 2))
+            empty = np.flatnonzero(brain & ~has_tumour)
+            # The axial draw keeps its seed of before views existed, so axial-only caches are unchanged.
+            rng = np.random.default_rng([cfg.seed, zlib.crc32(patient.case.encode())] + ([k] if k else []))
+            n = int(round(cfg.empty_slices * len(empty)))
+            keep = np.sort(np.concatenate([keep, rng.choice(empty, size=n, replace=False)]))
+        xs.append(resize_slices(with_context(im, keep, cfg.context), cfg.size))  # (n, C', S, S)
+        ys.append(resize_slices(np.moveaxis(ms[..., keep], -1, 0), cfg.size, binary=True))
+        zs.append(keep.astype(np.int32))
     sx, sy, sz = spacing
     return PatientSlices(
-        case=patient.case, images=resize_slices(x, cfg.size), masks=resize_slices(y, cfg.size, binary=True),
-        slices=keep.astype(np.int32), shape=seg.shape, box=(x0, x1, y0, y1),
-        spacing=(sx * (x1 - x0) / cfg.size, sy * (y1 - y0) / cfg.size, sz))
+        case=patient.case, images=np.concatenate(xs), masks=np.concatenate(ys), slices=np.concatenate(zs),
+        shape=seg.shape, box=(x0, x1, y0, y1), spacing=(sx * (x1 - x0) / cfg.size, sy * (y1 - y0) / cfg.size, sz),
+        views={v: len(z) for v, z in zip((v for v in VIEWS if v in views), zs)})
 
 
-def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
+def _work(args: tuple[Patient, PreprocessConfig, tuple[str, ...]]) -> PatientSlices | str:
     """Worker entry: a result, or the one-line reason the patient was skipped."""
     import torch
 
@@ -155,8 +166,10 @@ def _work(args: tuple[Patient, PreprocessConfig]) -> PatientSlices | str:
         torch.set_num_threads(prev)  # _work also runs in the caller's process (1 worker); leave it as it was
 
 
-def _results(todo: list[Patient], cfg: PreprocessConfig, workers: int) -> Iterator[PatientSlices | str]:
-    jobs = [(p, cfg) for p in todo]
+def _results(todo: list[Patient], cfg: PreprocessConfig, workers: int, train: set[str]
+             ) -> Iterator[PatientSlices | str]:
+    # Only training patients get the extra planes: val and test stay axial, as predict's slices are.
+    jobs = [(p, cfg, cfg.views if p.case in train else ("axial",)) for p in todo]
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_work, jobs)
         return
@@ -223,7 +236,7 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
         stats = {s: {"patients": 0, "slices": 0, "tumour_pixels": 0} for s in cache.SPLITS}
         info: dict[str, dict[str, Any]] = {}
         with cache.CacheWriter(out, (C, cfg.size, cfg.size), cfg.out_channels, cfg.dtype) as writer:
-            for p, res in zip(patients, _results(patients, cfg, workers or default_workers())):
+            for p, res in zip(patients, _results(patients, cfg, workers or default_workers(), set(splits["train"]))):
                 if isinstance(res, str):
                     summary.skipped.append((p.case, res))
                     if strict:
@@ -236,7 +249,7 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
                     st["slices"] += len(res.slices)
                     st["tumour_pixels"] += int(res.masks[:, 0].sum())
                     info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
-                                    "box": list(res.box), "n_slices": len(res.slices)}
+                                    "box": list(res.box), "n_slices": len(res.slices), "views": res.views}
                 if on_patient:
                     on_patient(p.case)
             if not info:

@@ -45,6 +45,8 @@ from .main import P, _device, _names, cli, config_options
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
               help="brain: resize a square box around the head, not the whole frame")
+@click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
+              help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
               help="predict: drop 3D components smaller than this (voxels)")
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")

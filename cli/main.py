@@ -127,6 +127,8 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
               help="brain: resize a square box around the head, not the whole frame")
+@click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
+              help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
