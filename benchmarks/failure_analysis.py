@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import finish  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.cache import read_meta  # noqa: E402
-from brats2d.crossval import PLAN, finished_fold  # noqa: E402
+from brats2d.crossval import PLAN, finished_fold, with_defaults  # noqa: E402
 from brats2d.inference import load_predictor  # noqa: E402
 from brats2d.nifti import load_patient, patient_from_folder  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
-    plan = json.loads((a.cv / PLAN).read_text())
+    plan = with_defaults(json.loads((a.cv / PLAN).read_text()))
     raw = a.raw or Path(plan["raw"])
     own = plan["predict"]
     rows: list[dict[str, Any]] = []

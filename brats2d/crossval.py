@@ -271,6 +271,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
     plan = _read(out / PLAN)
     if plan is None:
         raise CrossvalError(f"{out}: no {PLAN} (not a cross-validation folder)")
+    plan = with_defaults(plan)  # a folder written before a setting existed still counts its finished folds
     fold_metrics, missing = [], []
     for i in range(plan["folds"]):
         m = finished_fold(out, plan, i)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from brats2d import cache
 from brats2d.cli.main import cli
 from brats2d.config import ConfigError, PreprocessConfig
-from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
+from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings, summarize
 from brats2d.evaluate import evaluate_volumes
 from brats2d.inference import load_predictor
 from brats2d.nifti import discover
@@ -137,6 +137,7 @@ def test_settings_added_later_take_their_default_in_an_old_plan(cv: tuple[Path, 
         m = json.loads((out / f"fold{i}" / "metrics.json").read_text())
         del m["settings"]["train"]["intensity_p"], m["settings"]["predict"]["checkpoint"]
         (out / f"fold{i}" / "metrics.json").write_text(json.dumps(m))
+    assert summarize(out)["finished"] == [0, 1, 2]  # read as it is, before any run rewrites the plan
     monkeypatch.setattr("brats2d.train.train", lambda *a, **k: pytest.fail("a finished fold was run again"))
     again = crossval(raw_dir, out, folds=3, seed=42, recipe="seed", overrides=OVERRIDES, include_test=True,
                      device="cpu", workers=1, log=lambda m: None)
