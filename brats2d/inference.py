@@ -16,7 +16,7 @@ from .crop import box_for, paste
 from .model import UNet, build_model
 from .preprocess import normalize, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
-from .views import from_view, to_view
+from .views import VIEWS, from_view, to_view
 
 # The 8 distinct transforms of the training augmentation (k quarter-turns, with and without hflip).
 TTA_CODES = (0, 1, 2, 3, 8, 9, 10, 11)
@@ -96,7 +96,8 @@ class Predictor:
         assert p is not None
         return p.div_(len(self.models)).cpu().numpy()
 
-    def volume(self, image: np.ndarray, normalized: bool = False, **kw) -> tuple[np.ndarray, np.ndarray | None]:
+    def volume(self, image: np.ndarray, normalized: bool = False, views: tuple[str, ...] | None = None,
+               **kw) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every slice.
 
         Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
@@ -104,7 +105,8 @@ class Predictor:
         resizes the probabilities back (bilinear; 0 outside the box). Slices that are exactly 0 in
         every channel (outside the head: ~20 % of a BraTS volume) are not run through the model; their
         probability (and uncertainty) is 0. With several planes in the preprocess config's `views`,
-        the model predicts along each plane and the probability (and uncertainty) volumes are averaged.
+        the model predicts along each plane and the probability (and uncertainty) volumes are averaged;
+        `views` overrides which planes (an ablation: e.g. ("axial",) for a multi-view run's axial view).
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
@@ -113,8 +115,11 @@ class Predictor:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
         shape = image.shape[1:]
+        views = self.prep_cfg.views if views is None else tuple(views)
+        if not views or any(v not in VIEWS for v in views):
+            raise ValueError(f"views: need planes from {', '.join(VIEWS)}, got {views}")
         p, v = None, None
-        for view in self.prep_cfg.views:
+        for view in views:
             pv, vv = self._plane(to_view(image, view), box if view == "axial" else None, **kw)
             pv = from_view(pv, view, shape)
             p = pv if p is None else p + pv
@@ -122,7 +127,7 @@ class Predictor:
                 vv = from_view(vv, view, shape)
                 v = vv if v is None else v + vv
         assert p is not None
-        n = np.float32(len(self.prep_cfg.views))
+        n = np.float32(len(views))
         return np.ascontiguousarray(p / n), None if v is None else np.ascontiguousarray(v / n)
 
     def _plane(self, image: np.ndarray, box: tuple[int, int, int, int] | None, **kw

@@ -103,6 +103,11 @@ def test_fused_prediction_averages_the_planes_and_finds_the_tumour(tmp_path: Pat
         p, _ = pred.volume(vol, normalized=True)
         assert p.shape == (1, 16, 16, 10)
         np.testing.assert_allclose(p[0], np.repeat(expected[..., None], 10, axis=-1), atol=1e-6, err_msg=str(views))
+    # a multi-view run predicts along fewer planes when asked (the plane ablation)
+    p, _ = pred.volume(vol, normalized=True, views=("sagittal",))
+    np.testing.assert_allclose(p[0], np.repeat(y[..., None], 10, axis=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="views: need planes"):
+        pred.volume(vol, normalized=True, views=("oblique",))
 
     raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
     _mask_as_flair(raw)
@@ -124,3 +129,41 @@ def test_cli_preprocess_takes_views(raw_dir: Path, tmp_path: Path) -> None:
     assert cache.read_meta(out).config["views"] == ["axial", "sagittal"]
     res = CliRunner().invoke(cli, ["preprocess", str(raw_dir), "--out", str(tmp_path / "d.h5"), "--views", "coronal"])
     assert res.exit_code != 0 and "including axial" in res.output
+
+
+def _view_ablation():  # benchmarks/ is not a package: load the script by path
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "view_ablation.py"
+    spec = importlib.util.spec_from_file_location("view_ablation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Path) -> None:
+    from brats2d.crossval import crossval
+
+    from .conftest import TINY
+
+    out = tmp_path / "cv"
+    over = {"preprocess": {"size": SIZE, "views": list(VIEWS)}, "train": {**TINY, "epochs": 2, "lr": 3e-3},
+            "predict": {"keep_largest": True}}
+    summary = crossval(raw_dir, out, folds=2, seed=42, recipe="seed", overrides=over, include_test=True,
+                       device="cpu", workers=1, log=lambda m: None)
+    assert summary["complete"]
+    res = _view_ablation().main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "va.json")])
+    assert list(res["summary"]) == ["axial", "coronal", "sagittal", "axial+coronal", "axial+sagittal",
+                                    "coronal+sagittal", "axial+coronal+sagittal"]
+    # the fused column is what crossval scored; single planes are other predictions
+    want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
+    assert {r["patient"]: r["dice"]["axial+coronal+sagittal"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
+    assert any(r["dice"]["axial"] != r["dice"]["sagittal"] for r in res["patients"])
+    f = res["fused_minus_first"]
+    assert f["first"] == "axial" and f["better"] + f["worse"] <= len(want)
+    # an axial-only crossval has nothing to take apart
+    plain = tmp_path / "plain"
+    crossval(raw_dir, plain, folds=2, seed=42, recipe="seed", overrides={**over, "preprocess": {"size": SIZE}},
+             include_test=True, device="cpu", workers=1, log=lambda m: None, fold=0)
+    with pytest.raises(SystemExit):
+        _view_ablation().main([str(plain), "--raw", str(raw_dir)])
