@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]], None],
@@ -17,3 +17,23 @@ def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(res, indent=2))
     return res
+
+
+def held_out(cv: Path, plan: dict[str, Any], raw: Path, device: str = "cpu") -> Iterator[tuple[int, Any, Any, Any, Any]]:
+    """Each held-out patient of every finished fold of the crossval folder `cv` (its plan, read with
+    crossval.with_defaults): (fold, fold run's Predictor with the plan's checkpoint, Patient,
+    image (C, X, Y, Z) float32, seg (X, Y, Z) labels), patients in the fold cache's test order."""
+    from brats2d.cache import read_meta
+    from brats2d.crossval import finished_fold
+    from brats2d.inference import load_predictor
+    from brats2d.nifti import load_patient, patient_from_folder
+
+    for i in range(plan["folds"]):
+        if finished_fold(cv, plan, i) is None:
+            continue
+        d = cv / f"fold{i}"
+        pred = load_predictor(d / "run", plan["predict"]["checkpoint"], device)
+        for case in read_meta(d / "cache.h5").splits["test"]:
+            patient = patient_from_folder(raw / case)
+            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities)
+            yield i, pred, patient, image, seg

@@ -33,12 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
+from common import finish, held_out  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
-from brats2d.cache import read_meta  # noqa: E402
-from brats2d.crossval import PLAN, finished_fold, with_defaults  # noqa: E402
-from brats2d.inference import load_predictor  # noqa: E402
-from brats2d.nifti import load_patient, patient_from_folder  # noqa: E402
+from brats2d.crossval import PLAN, with_defaults  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
 
 LABELS = ("core", "oedema", "enhancing")
@@ -80,17 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw = a.raw or Path(plan["raw"])
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
-    for i in range(plan["folds"]):
-        if finished_fold(a.cv, plan, i) is None:
-            continue
-        d = a.cv / f"fold{i}"
-        pred = load_predictor(d / "run", own["checkpoint"], a.device)
-        for case in read_meta(d / "cache.h5").splits["test"]:
-            patient = patient_from_folder(raw / case)
-            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities)
-            prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
-            mask = postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
-            rows.append({"patient": case, "fold": i, **analyse(image[0], seg, mask, patient.et_label)})
+    for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
+        prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
+        mask = postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+        rows.append({"patient": patient.case, "fold": i, **analyse(image[0], seg, mask, patient.et_label)})
     groups = {f"dice < {a.below:g}": [r for r in rows if r["dice"] < a.below],
               f"dice >= {a.below:g}": [r for r in rows if r["dice"] >= a.below]}
     summary = {}

@@ -27,12 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
+from common import finish, held_out  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
-from brats2d.cache import read_meta  # noqa: E402
-from brats2d.crossval import PLAN, finished_fold, paired, with_defaults  # noqa: E402
-from brats2d.inference import load_predictor  # noqa: E402
-from brats2d.nifti import load_patient, patient_from_folder  # noqa: E402
+from brats2d.crossval import PLAN, paired, with_defaults  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
 from brats2d.preprocess import region_masks  # noqa: E402
 
@@ -53,22 +50,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     own = plan["predict"]
     subsets = ["+".join(s) for r in range(1, len(views) + 1) for s in combinations(views, r)]
     rows: list[dict[str, Any]] = []
-    for i in range(plan["folds"]):
-        if finished_fold(a.cv, plan, i) is None:
-            continue
-        d = a.cv / f"fold{i}"
-        pred = load_predictor(d / "run", own["checkpoint"], a.device)
-        for case in read_meta(d / "cache.h5").splits["test"]:
-            patient = patient_from_folder(raw / case)
-            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities)
-            truth = region_masks(seg, "wt", patient.et_label)[0]
-            prob = {v: pred.volume(image, views=(v,), tta=bool(own["tta"]))[0][0] for v in views}
-            dice = {}
-            for name in subsets:
-                p = np.mean([prob[v] for v in name.split("+")], axis=0)
-                mask = postprocess(p > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
-                dice[name] = float(M.dice(M.confusion(mask, truth)))
-            rows.append({"patient": case, "fold": i, "dice": dice})
+    for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
+        truth = region_masks(seg, "wt", patient.et_label)[0]
+        prob = {v: pred.volume(image, views=(v,), tta=bool(own["tta"]))[0][0] for v in views}
+        dice = {}
+        for name in subsets:
+            p = np.mean([prob[v] for v in name.split("+")], axis=0)
+            mask = postprocess(p > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+            dice[name] = float(M.dice(M.confusion(mask, truth)))
+        rows.append({"patient": patient.case, "fold": i, "dice": dice})
     summary = {}
     for name in subsets:
         x = np.array([r["dice"][name] for r in rows])

@@ -73,3 +73,17 @@ def _repo_stays_clean() -> Any:
     yield
     new = sorted(set(os.listdir(root)) - before)
     assert not new, f"tests left files in the repository root: {new}"
+
+
+def bench_script(name: str) -> Any:
+    """benchmarks/<name>.py loaded as a module (benchmarks/ is not a package: load the script by path)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod

@@ -19,7 +19,7 @@ from brats2d.inference import load_predictor
 from brats2d.nifti import discover
 from brats2d.splits import split_patients
 
-from .conftest import SIZE, TINY
+from .conftest import SIZE, TINY, bench_script
 
 TRAIN = {**TINY, "epochs": 3, "lr": 3e-3}  # enough to score above 0, so the averages are checked on real numbers
 OVERRIDES = {"preprocess": {"size": SIZE}, "train": TRAIN}
@@ -268,16 +268,6 @@ def test_crossval_ensemble_averages_the_folders_models_on_their_held_out_patient
     (a / "ensemble-with-seed7.json").unlink()  # the module-scoped fixture folder stays as it was
 
 
-def _failure_analysis():  # benchmarks/ is not a package: load the script by path
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "failure_analysis.py"
-    spec = importlib.util.spec_from_file_location("failure_analysis", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_failure_analysis_counts_each_labels_misses() -> None:
     seg = np.zeros((6, 6, 2), np.uint8)
     seg[0, :4, 0] = 1  # 4 core voxels
@@ -286,7 +276,7 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
     pred[0, :2, 0] = True  # half the core found
     image = np.ones(seg.shape, np.float32)
     image[seg == 2] = 3.0
-    r = _failure_analysis().analyse(image, seg, pred, et_label=4)
+    r = bench_script("failure_analysis").analyse(image, seg, pred, et_label=4)
     assert r["missed"] == {"core": 0.5, "oedema": 0.0, "enhancing": None}
     assert r["volume_ratio"] == pytest.approx(10 / 12) and r["dice"] == pytest.approx(20 / 22)
     assert r["z"]["found"] > r["z"]["normal"] == r["z"]["missed"]  # the missed core is as bright as normal brain
@@ -294,7 +284,7 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
 
 def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
     out, summary = cv
-    res = _failure_analysis().main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fa.json")])
+    res = bench_script("failure_analysis").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fa.json")])
     want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
     assert {r["patient"]: r["dice"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
     assert sum(g["patients"] for g in res["summary"].values()) == len(want)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from brats2d.model import UNet, build_model, count_parameters
 from brats2d.device import autocast_context, cpu_supports_bf16
+
+from .conftest import bench_script
 
 TINY = dict(base_channels=4, depth=2)
 S = 32
@@ -101,22 +99,13 @@ def test_autocast_context_on_cpu() -> None:
     assert isinstance(cpu_supports_bf16(), bool)
 
 
-def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("variant", ["naive", "channels_last+bf16+no-sync"])
 def test_benchmark_core_runs_one_variant(variant: str) -> None:
-    bench = _bench_module()
+    bench = bench_script("bench_train")
     row = bench.measure_variant(variant, batch=2, steps=2, base=4, depth=2, size=S, warmup=0)
     assert row["name"] == variant and row["batch"] == 2 and row["images_per_s"] > 0
 
 
 def test_benchmark_synthetic_task_is_balanced() -> None:
-    x, y = _bench_module().synthetic_task(4, S)
+    x, y = bench_script("bench_train").synthetic_task(4, S)
     assert x.shape == y.shape == (4, 1, S, S) and 0.4 < float(y.mean()) < 0.6

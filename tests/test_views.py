@@ -17,7 +17,7 @@ from brats2d.predict import predict
 from brats2d.preprocess import preprocess, resize_slices
 from brats2d.views import VIEWS, from_view, to_view
 
-from .conftest import SIZE, make_tree
+from .conftest import SIZE, bench_script, make_tree
 from .test_predict import Identity, _mask_as_flair
 
 
@@ -131,16 +131,6 @@ def test_cli_preprocess_takes_views(raw_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code != 0 and "including axial" in res.output
 
 
-def _view_ablation():  # benchmarks/ is not a package: load the script by path
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "view_ablation.py"
-    spec = importlib.util.spec_from_file_location("view_ablation", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Path) -> None:
     from brats2d.crossval import crossval
 
@@ -152,7 +142,7 @@ def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Pat
     summary = crossval(raw_dir, out, folds=2, seed=42, recipe="seed", overrides=over, include_test=True,
                        device="cpu", workers=1, log=lambda m: None)
     assert summary["complete"]
-    res = _view_ablation().main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "va.json")])
+    res = bench_script("view_ablation").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "va.json")])
     assert list(res["summary"]) == ["axial", "coronal", "sagittal", "axial+coronal", "axial+sagittal",
                                     "coronal+sagittal", "axial+coronal+sagittal"]
     # the fused column is what crossval scored; single planes are other predictions
@@ -166,4 +156,4 @@ def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Pat
     crossval(raw_dir, plain, folds=2, seed=42, recipe="seed", overrides={**over, "preprocess": {"size": SIZE}},
              include_test=True, device="cpu", workers=1, log=lambda m: None, fold=0)
     with pytest.raises(SystemExit):
-        _view_ablation().main([str(plain), "--raw", str(raw_dir)])
+        bench_script("view_ablation").main([str(plain), "--raw", str(raw_dir)])
