@@ -112,7 +112,7 @@ def apply_spatial(x: "torch.Tensor", y: "torch.Tensor", params: np.ndarray) -> t
     """Zoom and rotate images x (B, C, S, S) and masks y (B, K, S, S) float32 about the slice centre.
 
     Both go through the same sampling grid: images bilinearly, masks bilinearly and then cut at 0.5
-    (as `preprocess.resize_slices` does), so a mask stays binary and covers what its image shows.
+    (as `slicing.resize_slices` does), so a mask stays binary and covers what its image shows.
     Outside the slice is 0 (background after normalization). Samples with (1, 0) are not resampled
     (bit-identical), so p < 1 costs only the drawn samples' work.
     """

@@ -14,7 +14,7 @@ from .augment import apply_batch, invert_one
 from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
 from .crop import box_for, paste
 from .model import UNet, build_model
-from .preprocess import normalize, resize_slices, with_context
+from .slicing import normalize, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 from .views import VIEWS, from_view, to_view
 

@@ -13,7 +13,7 @@ import numpy as np
 from . import metrics as M
 from .inference import Predictor
 from .nifti import InputError, Patient, discover, load_patient, patient_from_folder
-from .preprocess import region_masks
+from .slicing import region_masks
 
 
 def postprocess(mask: np.ndarray, min_size: int = 0, keep_largest: bool = False) -> np.ndarray:
