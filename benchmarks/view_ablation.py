@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
 from common import finish, held_out  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
-from brats2d.crossval import PLAN, paired, with_defaults  # noqa: E402
+from brats2d.crossval import PLAN, with_defaults  # noqa: E402
+from brats2d.cvsummary import paired  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
 from brats2d.preprocess import region_masks  # noqa: E402
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .crossval import PLAN, CrossvalError, _read, finished_fold, paired, with_defaults
+from .crossval import PLAN, CrossvalError, _read, finished_fold, with_defaults
+from .cvsummary import paired
 
 
 def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",

@@ -101,7 +101,7 @@ def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> No
 
 
 def crossval_table(summary: dict[str, Any]) -> None:
-    """Per-fold and overall table of a cross-validation summary (brats2d.crossval.summarize)."""
+    """Per-fold and overall table of a cross-validation summary (brats2d.cvsummary.summarize)."""
     c = console()
     for region, r in summary["regions"].items():
         t = Table(title=f"{summary['folds']}-fold cross-validation, recipe {summary['recipe']}, region {region} "

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from brats2d import cache
 from brats2d.cli.main import cli
 from brats2d.config import ConfigError, PreprocessConfig
-from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings, summarize
+from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
+from brats2d.cvsummary import summarize
 from brats2d.evaluate import evaluate_volumes
 from brats2d.inference import load_predictor
 from brats2d.nifti import discover
