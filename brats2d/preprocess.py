@@ -56,8 +56,9 @@ def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, .
     for c, m in enumerate(cfg.modalities):
         image[c] = normalize(image[c], cfg.norm, cfg.percentile, name=str(patient.files[m]))
     image, masks = image[:, x0:x1, y0:y1], masks[:, x0:x1, y0:y1]
+    planes = [v for v in VIEWS if v in views]  # axial first, whatever order `views` lists them in
     xs, ys, zs = [], [], []
-    for k, view in enumerate(v for v in VIEWS if v in views):
+    for k, view in enumerate(planes):
         im, ms = to_view(image, view), to_view(masks, view)
         has_tumour = ms[0].any(axis=(0, 1))  # (D,): slice has region (WT for "all")
         keep = np.flatnonzero(has_tumour)
@@ -75,7 +76,7 @@ def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, .
     return PatientSlices(
         case=patient.case, images=np.concatenate(xs), masks=np.concatenate(ys), slices=np.concatenate(zs),
         shape=seg.shape, box=(x0, x1, y0, y1), spacing=(sx * (x1 - x0) / cfg.size, sy * (y1 - y0) / cfg.size, sz),
-        views={v: len(z) for v, z in zip((v for v in VIEWS if v in views), zs)})
+        views={v: len(z) for v, z in zip(planes, zs)})
 
 
 def _work(args: tuple[Patient, PreprocessConfig, tuple[str, ...]]) -> PatientSlices | str:
