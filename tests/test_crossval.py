@@ -53,7 +53,8 @@ def test_folds_exclude_seed_test_and_partition() -> None:
 
 def test_recipe_settings_and_explicit_overrides() -> None:
     p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
-    assert (p.norm, p.empty_slices, t.loss, t.schedule, t.epochs) == ("zscore", 0.3, "bce", "cosine", 3)
+    assert (p.norm, p.empty_slices, p.views, t.loss, t.schedule, t.epochs) == (
+        "zscore", 0.3, ("axial", "coronal", "sagittal"), "bce+dice", "cosine", 3)
     assert pred == {"min_size": 0, "tta": True, "keep_largest": True, "checkpoint": "best+latest"}
     assert settings("seed")[2] == {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
     with pytest.raises(ConfigError, match="checkpoint: 'last'"):
