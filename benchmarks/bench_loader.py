@@ -131,7 +131,7 @@ def nifti_loader(raw: Path, seed: int = 0) -> Callable[[EpochPlan], Batches]:
     """Batches of (patient, z) drawn at random; every slice decodes its patient's volumes anew."""
     import nibabel as nib
     from brats2d.nifti import discover
-    from brats2d.preprocess import resize_slices
+    from brats2d.slicing import resize_slices
 
     pats, rng = discover(raw), np.random.default_rng(seed)
 

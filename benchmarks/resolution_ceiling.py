@@ -35,7 +35,7 @@ from brats2d import metrics as M  # noqa: E402
 from brats2d.crop import brain_box  # noqa: E402
 from brats2d.inference import _resize_up  # noqa: E402
 from brats2d.nifti import discover, load_patient  # noqa: E402
-from brats2d.preprocess import region_masks, resize_slices  # noqa: E402
+from brats2d.slicing import region_masks, resize_slices  # noqa: E402
 from brats2d.synth import write_cohort  # noqa: E402
 
 REAL_DEFAULT = Path("/work/shared/data/brats-real")

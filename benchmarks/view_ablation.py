@@ -32,7 +32,7 @@ from brats2d import metrics as M  # noqa: E402
 from brats2d.crossval import PLAN, with_defaults  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
-from brats2d.preprocess import region_masks  # noqa: E402
+from brats2d.slicing import region_masks  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from . import cache
 from .config import PreprocessConfig, to_dict
 from .crop import box_for
 from .nifti import InputError, Patient, discover, load_patient
-from .slicing import normalize, region_masks, resize_slices, with_context  # noqa: F401  (also imported from here)
+from .slicing import normalize, region_masks, resize_slices, with_context
 from .splits import load_splits, save_splits, split_patients
 from .views import VIEWS, to_view
 

@@ -14,7 +14,8 @@ from brats2d import cache
 from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
 from brats2d.crop import box_for, brain_box, paste
 from brats2d.inference import Predictor
-from brats2d.preprocess import normalize, preprocess, resize_slices
+from brats2d.preprocess import preprocess
+from brats2d.slicing import normalize, resize_slices
 
 from .conftest import SIZE
 from .test_predict import Identity

@@ -217,7 +217,7 @@ def test_real_patients_slice_counts(tmp_path: Path) -> None:
 
 
 def test_context_stacks_neighbouring_slices_edges_repeated(raw_dir: Path, tiny_cache: Path, tmp_path: Path) -> None:
-    from brats2d.preprocess import with_context
+    from brats2d.slicing import with_context
 
     vol = np.zeros((2, 3, 4, 5), np.float32)
     for c in range(2):
@@ -254,7 +254,7 @@ def test_a_cache_written_before_a_setting_existed_is_still_up_to_date(raw_dir: P
 
 def test_zscore_uses_brain_voxels_only_and_keeps_background_zero(raw_dir: Path, tmp_path: Path) -> None:
     from brats2d.config import TrainConfig
-    from brats2d.preprocess import normalize
+    from brats2d.slicing import normalize
     from brats2d.train import train
 
     rng = np.random.default_rng(0)

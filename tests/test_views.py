@@ -14,7 +14,8 @@ from brats2d import cache
 from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
 from brats2d.inference import Predictor
 from brats2d.predict import predict
-from brats2d.preprocess import preprocess, resize_slices
+from brats2d.preprocess import preprocess
+from brats2d.slicing import resize_slices
 from brats2d.views import VIEWS, from_view, to_view
 
 from .conftest import SIZE, bench_script, make_tree
