@@ -29,13 +29,17 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    # A run without validation patients records None for the val metrics: those points are left out.
+    val_loss = np.array([np.nan if h["val_loss"] is None else h["val_loss"] for h in history], float)
+    val_dice = np.array([np.nan if h["val_dice"] is None else h["val_dice"] for h in history], float)
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    a.plot(ep, val_loss, "s-", label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
     a.legend()
-    b.plot(ep, [h["val_dice"] for h in history], "o-", color="tab:green")
-    best = int(np.nanargmax([h["val_dice"] for h in history])) if history else 0
-    if history:
+    b.plot(ep, val_dice, "o-", color="tab:green")
+    has_val = bool(np.isfinite(val_dice).any())
+    best = int(np.nanargmax(val_dice)) if has_val else 0
+    if has_val:
         b.annotate(f"best {history[best]['val_dice']:.3f}", (ep[best], history[best]["val_dice"]),
                    textcoords="offset points", xytext=(0, -14), ha="center")
     b.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (pooled)", ylim=(0, 1))

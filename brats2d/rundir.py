@@ -141,15 +141,19 @@ class RunDir:
                   row: dict[str, Any], log: Callable[[str], None], extra: dict[str, Any] | None = None) -> None:
         """Record the epoch, keep the best model, then checkpoint the start of the next epoch."""
         st["history"].append(row)
-        score = row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"]
-        is_best = st["best"] is None or score > st["best"]
+        if row["val_dice"] is None:  # no validation patients: the latest epoch is the model to keep
+            score, is_best = None, True
+        else:
+            score = row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"]
+            is_best = st["best"] is None or score > st["best"]
         if is_best:
-            st["best"] = float(score)
+            st["best"] = None if score is None else float(score)
             checkpoint.save({"model": s["model"].state_dict(), "epoch": row["epoch"], "metrics": json.dumps(row),
                              "identity": json.dumps(ident), "config": json.dumps(ident["train"])}, self.path / BEST)
-        self._emit(log, "epoch {epoch}/{n}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                   "val_dice {val_dice:.4f}  {images_per_s:.1f} img/s  {seconds:.0f}s".format(n=cfg.epochs, **row)
-                   + ("  * best" if is_best else ""))
+        val = ("no validation" if row["val_dice"] is None else
+               "val_loss {val_loss:.4f}  val_dice {val_dice:.4f}".format(**row))
+        self._emit(log, f"epoch {row['epoch']}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  {val}  "
+                   f"{row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s" + ("  * best" if is_best else ""))
         st.update(epoch=row["epoch"], step=0, seen=0, loss_sum=torch.zeros((), dtype=torch.float64))
         self.save_latest(s, cfg, ident, st, row["epoch"], extra)
         self._write_history(st["history"])

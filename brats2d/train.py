@@ -104,13 +104,16 @@ def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Te
 @torch.inference_mode()
 def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
              d: distributed.Dist | None = None) -> dict[str, float]:
-    """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold.
+    """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold;
+    both None when the cache has no validation slices (then the last epoch counts as the best).
 
     Under torchrun each rank scores a disjoint shard (no padding) and the five sums are all-reduced, so
     every rank gets the same numbers (and agrees on the best epoch). Call `distributed.broadcast_buffers`
     first so all ranks evaluate rank 0's BatchNorm statistics.
     """
     model, data = s["model"], s["val"]
+    if len(data) == 0:
+        return {"val_loss": None, "val_dice": None}
     model.eval()
     tot, n, inter, psum, tsum = 0.0, 0, 0.0, 0.0, 0.0
     plan = EpochPlan.make(len(data), batch_size, 0, 0, shuffle=False, augment=False)

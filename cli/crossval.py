@@ -14,7 +14,7 @@ import click
 from brats2d.config import CHECKPOINTS, CROPS, NORMS, PreprocessConfig, TrainConfig
 from brats2d.recipes import PREDICT_DEFAULTS, RECIPES
 
-from .main import P, _device, _names, cli, config_options
+from .main import P, _device, _floats, _names, cli, config_options
 
 
 @cli.command()
@@ -36,6 +36,9 @@ from .main import P, _device, _names, cli, config_options
                    "(TTA, components, checkpoints, thresholds)")
 @click.option("--modalities", callback=_names, default=",".join(P.modalities), show_default=True,
               help="comma list of flair,t1,t1ce,t2")
+@click.option("--split", callback=_floats(3), default=",".join(str(f) for f in P.split), show_default=True,
+              help="train,val,test: test picks the excluded seed test patients, val:train the validation share "
+                   "of each fold's other patients (val 0: train on all of them, keep the last epoch)")
 @click.option("--size", type=int, default=P.size, show_default=True)
 @click.option("--region", type=click.Choice(["wt", "tc", "et", "all"]), default=P.region, show_default=True)
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True,

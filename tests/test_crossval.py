@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
-from brats2d import cache
+from brats2d import cache, checkpoint
 from brats2d.cli.main import cli
 from brats2d.config import ConfigError, PreprocessConfig
 from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
@@ -161,6 +163,29 @@ def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
     assert not set(seed_test) & set(meta.patients)  # never even read
     assert not (out / "fold1").exists()
     assert "folds not finished yet: 1" in res.output
+
+
+def test_split_without_val_trains_on_every_other_patient_and_keeps_the_last_epoch(raw_dir: Path, tmp_path: Path) -> None:
+    cases = _cases(raw_dir)
+    plan = make_folds(cases, 2, 42, PreprocessConfig(split=(0.85, 0.0, 0.15)))
+    assert plan["excluded"] == split_patients(cases, (0.7, 0.15, 0.15), 42)["test"]  # the same test patients
+    for sp in plan["splits"]:
+        assert sp["val"] == [] and sorted(sp["train"] + sp["test"]) == sorted(set(cases) - set(plan["excluded"]))
+    out = tmp_path / "cv"
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--fold", "0",
+                                   "--split", "0.85,0,0.15", "--checkpoint", "best+latest", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    assert "no validation" in res.output
+    run = out / "fold0" / "run"
+    with open(run / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 3 and all(r["val_dice"] == "" for r in history)  # no validation: nothing recorded
+    best, latest = checkpoint.load(run / "best_model.pth"), checkpoint.load(run / "latest_checkpoint.pth")
+    assert best["epoch"] == 3 and all(torch.equal(best["model"][k], latest["model"][k]) for k in best["model"])
+    assert len(load_predictor(run, "best+latest", "cpu").models) == 1  # identical members run once
+    m = json.loads((out / "fold0" / "metrics.json").read_text())
+    assert m["patients"]["val"] == [] and sorted(m["patients"]["test"]) == sorted(plan["splits"][0]["test"])
+    assert all(0 <= p["dice"] <= 1 for p in m["volume"]["wt"]["per_patient"])
 
 
 def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path,
