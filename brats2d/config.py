@@ -106,6 +106,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     focal_alpha: float = -1.0  # < 0: no alpha weighting
     dice_smooth: float = 1e-5
+    dice_batch: bool = False  # soft Dice summed over the batch too (nnU-Net's batch Dice); False: per slice, the seed's
     grad_clip: float = 1.0
     seed: int = 42
     augment: bool = True
@@ -140,6 +141,7 @@ class TrainConfig:
         _check(0.0 <= self.spatial_p <= 1.0, f"spatial_p: must be in [0, 1], got {self.spatial_p}")
         _check(0.0 <= self.spatial_scale <= 1.0, f"spatial_scale: must be in [0, 1], got {self.spatial_scale}")
         _check(0.0 <= self.spatial_rotate <= 180.0, f"spatial_rotate: must be in [0, 180] degrees, got {self.spatial_rotate}")
+        _check(isinstance(self.dice_batch, bool), f"dice_batch: must be true or false, got {self.dice_batch!r}")
         _check(self.grad_clip >= 0, f"grad_clip: must be >= 0 (0 turns it off), got {self.grad_clip}")
         _check(self.base_channels >= 1, f"base_channels: must be >= 1, got {self.base_channels}")
         _check(1 <= self.depth <= 6, f"depth: must be in 1..6, got {self.depth}")

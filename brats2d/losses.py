@@ -5,7 +5,7 @@ same shape (extra spatial dims also work: sums/means run over dims 2..), and ret
 tensor. Logits are cast to float32 first so bf16/fp16 autocast never degrades the loss itself.
 
 Definitions match MONAI (checked in tests/test_losses.py, MONAI being a dev-only dependency):
-  soft_dice == monai.losses.DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth)
+  soft_dice == monai.losses.DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, batch=batch)
   focal     == monai.losses.FocalLoss(gamma=gamma, alpha=alpha, use_softmax=False)
 """
 
@@ -39,15 +39,17 @@ def bce(logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(x, t)
 
 
-def soft_dice(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+def soft_dice(logits: Tensor, target: Tensor, smooth: float = 1e-5, batch: bool = False) -> Tensor:
     """Soft Dice loss in [0, 1]: mean over (B, K) of 1 - (2*sum(p*t) + smooth) / (sum(p) + sum(t) + smooth).
 
     p = sigmoid(logits); sums run over the spatial dims of each sample and channel (MONAI batch=False),
     so smooth in numerator and denominator makes an empty target with an empty prediction score ~0.
+    batch=True sums over the batch too, one Dice per channel (MONAI batch=True, nnU-Net's "batch
+    Dice"): a slice's weight then grows with its tumour area instead of every slice weighing the same.
     """
     x, t = _prep(logits, target)
     p = torch.sigmoid(x)
-    dims = tuple(range(2, x.ndim))
+    dims = (0, *range(2, x.ndim)) if batch else tuple(range(2, x.ndim))
     inter = (p * t).sum(dims)
     denom = p.sum(dims) + t.sum(dims)
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
@@ -69,23 +71,25 @@ def focal(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | Non
     return loss.mean()
 
 
-def make_loss(name: str, *, smooth: float = 1e-5, gamma: float = 2.0, alpha: float | None = None) -> LossFn:
+def make_loss(name: str, *, smooth: float = 1e-5, gamma: float = 2.0, alpha: float | None = None,
+              dice_batch: bool = False) -> LossFn:
     """The training loss called `name` (one of NAMES; "a+b" is the unweighted sum) as fn(logits, target).
 
-    smooth: soft-Dice smoothing; gamma/alpha: focal parameters. Unknown name -> ValueError.
+    smooth/dice_batch: soft-Dice smoothing and batch Dice; gamma/alpha: focal parameters. Unknown name
+    -> ValueError.
     """
 
     def dice_fn(x: Tensor, t: Tensor) -> Tensor:
-        return soft_dice(x, t, smooth)
+        return soft_dice(x, t, smooth, dice_batch)
 
     def focal_fn(x: Tensor, t: Tensor) -> Tensor:
         return focal(x, t, gamma, alpha)
 
     def bce_dice(x: Tensor, t: Tensor) -> Tensor:
-        return bce(x, t) + soft_dice(x, t, smooth)
+        return bce(x, t) + dice_fn(x, t)
 
     def dice_focal(x: Tensor, t: Tensor) -> Tensor:
-        return soft_dice(x, t, smooth) + focal(x, t, gamma, alpha)
+        return dice_fn(x, t) + focal(x, t, gamma, alpha)
 
     table: dict[str, LossFn] = {"bce": bce, "dice": dice_fn, "bce+dice": bce_dice,
                                 "focal": focal_fn, "dice+focal": dice_focal}

@@ -66,7 +66,7 @@ def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device =
     precision = resolve_precision(dev, cfg.precision)
     scaler = torch.amp.GradScaler(dev.type, enabled=(precision == "fp16"))
     loss_fn = make_loss(cfg.loss, smooth=cfg.dice_smooth, gamma=cfg.focal_gamma,
-                        alpha=None if cfg.focal_alpha < 0 else cfg.focal_alpha)
+                        alpha=None if cfg.focal_alpha < 0 else cfg.focal_alpha, dice_batch=cfg.dice_batch)
     return {"meta": meta, "device": dev, "model": model, "opt": opt, "sched": sched, "scaler": scaler,
             "precision": precision, "loss_fn": loss_fn, "train": train_data, "val": SliceCache(cache_path, "val")}
 

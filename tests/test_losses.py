@@ -80,8 +80,13 @@ def test_make_loss_sums_and_unknown_name() -> None:
 def test_soft_dice_matches_monai(seed: int, shape: tuple[int, ...], smooth: float) -> None:
     monai_losses = pytest.importorskip("monai.losses")
     x, t = _batch(seed, shape)
-    want = monai_losses.DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth)(x, t)
-    assert torch.allclose(L.soft_dice(x, t, smooth), want, atol=1e-6)
+    t[0] = 0  # an empty slice, where per-slice and batch Dice differ most
+    for batch in (False, True):
+        want = monai_losses.DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, batch=batch)(x, t)
+        assert torch.allclose(L.soft_dice(x, t, smooth, batch), want, atol=1e-6)
+        assert torch.allclose(L.make_loss("dice", smooth=smooth, dice_batch=batch)(x, t), want, atol=1e-6)
+    if shape[0] > 1:  # one slice: the batch is that slice
+        assert not torch.allclose(L.soft_dice(x, t, smooth, True), L.soft_dice(x, t, smooth, False))
 
 
 @pytest.mark.parametrize("gamma,alpha", [(2.0, None), (0.0, None), (3.5, 0.25), (1.0, 0.8)])
