@@ -9,9 +9,9 @@ Protocol (honest by construction):
   ``folds[i]``. From the other patients a validation set (best-epoch selection only) of
   ``max(1, round(v / (t + v) * n))`` patients is drawn by a shuffle seeded with ``[seed, i]`` -- the
   seed protocol's share of val among non-test patients (15/85: 4 of 23 at 5 folds of 29) -- and the
-  rest train. A split with val 0 (``--split 0.85,0,0.15``, the same test patients) trains on all of
-  them, and each run's model is its last epoch's. (A whole neighbouring fold as validation would leave 2-fold CV no training patients
-  and cost 5-fold CV a fifth of its training data.)
+  rest train. (A whole neighbouring fold as validation would leave 2-fold CV no training patients
+  and cost 5-fold CV a fifth of its training data.) A split with val 0 (``--split 0.85,0,0.15``: the
+  same excluded test patients) trains on all of them, and each run's model is its last epoch's.
 * Each fold gets its own cache (preprocess with a splits file {train, val, test = held-out}), its own
   run, and two scores: whole volumes -- every axial slice of each held-out patient from the raw NIfTI
   through the predict path with the recipe's ``checkpoint``/``min_size``/``keep_largest``/``tta``
@@ -96,8 +96,10 @@ def make_folds(cases: list[str], folds: int, seed: int, pcfg: PreprocessConfig,
     out = []
     for i, held in enumerate(kfold(pool, folds, seed)):
         rest = sorted(set(pool) - set(held))
-        if len(rest) < (2 if share > 0 else 1):
-            raise CrossvalError(f"fold {i}: {len(rest)} patient(s) outside the held-out fold; need >= 2 (train and val)")
+        need = 2 if share > 0 else 1
+        if len(rest) < need:
+            raise CrossvalError(f"fold {i}: {len(rest)} patient(s) outside the held-out fold; need >= {need} "
+                                f"({'train and val' if share > 0 else 'train'})")
         # share 0 (a split like 0.85,0,0.15): every other patient trains and the last epoch is the model.
         n_val = 0 if share == 0 else min(len(rest) - 1, max(1, int(round(share * len(rest)))))
         order = np.random.default_rng([seed, i]).permutation(len(rest))

@@ -142,12 +142,13 @@ class RunDir:
         """Record the epoch, keep the best model, then checkpoint the start of the next epoch."""
         st["history"].append(row)
         if row["val_dice"] is None:  # no validation patients: the latest epoch is the model to keep
-            score, is_best = None, True
+            is_best = True
         else:
             score = row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"]
             is_best = st["best"] is None or score > st["best"]
+            if is_best:
+                st["best"] = float(score)
         if is_best:
-            st["best"] = None if score is None else float(score)
             checkpoint.save({"model": s["model"].state_dict(), "epoch": row["epoch"], "metrics": json.dumps(row),
                              "identity": json.dumps(ident), "config": json.dumps(ident["train"])}, self.path / BEST)
         val = ("no validation" if row["val_dice"] is None else

@@ -103,7 +103,7 @@ def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Te
 
 @torch.inference_mode()
 def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
-             d: distributed.Dist | None = None) -> dict[str, float]:
+             d: distributed.Dist | None = None) -> dict[str, float | None]:
     """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold;
     both None when the cache has no validation slices (then the last epoch counts as the best).
 
