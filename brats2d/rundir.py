@@ -141,17 +141,14 @@ class RunDir:
                   row: dict[str, Any], log: Callable[[str], None], extra: dict[str, Any] | None = None) -> None:
         """Record the epoch, keep the best model, then checkpoint the start of the next epoch."""
         st["history"].append(row)
-        if row["val_dice"] is None:  # no validation patients: the latest epoch is the model to keep
-            is_best = True
-        else:
-            score = row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"]
-            is_best = st["best"] is None or score > st["best"]
-            if is_best:
-                st["best"] = float(score)
+        no_val = row["val_dice"] is None  # no validation patients: the latest epoch is the model to keep
+        score = None if no_val else float(row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"])
+        is_best = no_val or st["best"] is None or score > st["best"]
         if is_best:
+            st["best"] = score
             checkpoint.save({"model": s["model"].state_dict(), "epoch": row["epoch"], "metrics": json.dumps(row),
                              "identity": json.dumps(ident), "config": json.dumps(ident["train"])}, self.path / BEST)
-        val = ("no validation" if row["val_dice"] is None else
+        val = ("no validation" if no_val else
                "val_loss {val_loss:.4f}  val_dice {val_dice:.4f}".format(**row))
         self._emit(log, f"epoch {row['epoch']}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  {val}  "
                    f"{row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s" + ("  * best" if is_best else ""))
