@@ -165,6 +165,28 @@ def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
     assert "folds not finished yet: 1" in res.output
 
 
+def test_folds_run_side_by_side_into_one_folder(raw_dir: Path, tmp_path: Path) -> None:
+    """Two `--fold` processes at once into the same --out (README: folds side by side): both finish, and a
+    plain re-run finds every fold done and trains nothing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cv"
+    cmd = [sys.executable, "-m", "brats2d", "crossval", str(raw_dir), "--out", str(out), "--folds", "2", *CLI_TINY]
+    procs = [subprocess.Popen([*cmd, "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (0, 1)]
+    for p in procs:
+        output = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, output
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("finished earlier") == 2
+    s = json.loads((out / "cv_summary.json").read_text())
+    assert s["complete"] and s["finished"] == [0, 1]
+    held = [p["patient"] for p in s["regions"]["wt"]["per_patient"]]
+    assert len(held) == len(set(held)) == len(_cases(raw_dir)) - len(s["excluded"])
+
+
 def test_split_without_val_trains_on_every_other_patient_and_keeps_the_last_epoch(raw_dir: Path, tmp_path: Path) -> None:
     cases = _cases(raw_dir)
     plan = make_folds(cases, 2, 42, PreprocessConfig(split=(0.85, 0.0, 0.15)))
