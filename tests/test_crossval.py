@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +170,6 @@ def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
 def test_folds_run_side_by_side_into_one_folder(raw_dir: Path, tmp_path: Path) -> None:
     """Two `--fold` processes at once into the same --out (README: folds side by side): both finish, and a
     plain re-run finds every fold done and trains nothing."""
-    import subprocess
-    import sys
-
     out = tmp_path / "cv"
     cmd = [sys.executable, "-m", "brats2d", "crossval", str(raw_dir), "--out", str(out), "--folds", "2", *CLI_TINY]
     procs = [subprocess.Popen([*cmd, "--fold", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
