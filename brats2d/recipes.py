@@ -36,9 +36,9 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # BCE+Dice, all 5 folds against the recipe re-run on the same machine: +0.015 +- 0.012, better in 24 and
 # worse in 5 (Wilcoxon p = 0.006), median 0.846 -> 0.872, though the worst patient fell 0.42 -> 0.35;
 # training 1.33x. The cosine schedule was not ablated. Not adopted on top of that (README Steps 14-17): 6 epochs
-# (fold 0: +0.001 +- 0.003), the sub-regions as extra outputs (--region all, folds 0-1: -0.004 +- 0.006), all
+# (fold 0: +0.001 +- 0.003), the sub-regions as extra outputs (--region all, all folds: -0.007 +- 0.006), all
 # 23 patients without validation (--split 0.85,0,0.15, all folds: +0.003 +- 0.003, 15 better / 14 worse, 1.3x
-# the training time), batch Dice (--dice-batch, folds 0-2: +0.003 +- 0.007, 8 better / 10 worse) and, on a GPU,
+# the training time), batch Dice (--dice-batch, all folds: -0.007 +- 0.007, 13 better / 16 worse) and, on a GPU,
 # a wider, deeper or finer network (README Step 17, all folds: --base-channels 48 -0.011 +- 0.006, --depth 5
 # -0.012 +- 0.007, --size 128 -0.001 +- 0.007).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
