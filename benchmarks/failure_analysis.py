@@ -8,6 +8,8 @@ with that fold's run and the plan's own predict settings (checkpoint, TTA, post-
 the per-patient Dice equals the fold's metrics.json), and for the whole tumour it reports
 
 * volume ratio: predicted / true voxels (< 1 under-, > 1 over-segmented);
+* Dice with holes filled: the prediction's enclosed holes filled slice by slice in each of the three
+  planes (scipy's binary_fill_holes), which says whether the misses are a core inside a found rim;
 * missed share of each BraTS label: the fraction of the necrotic / non-enhancing core (1), the oedema
   (2) and the enhancing tumour (4, or 3 since 2023) voxels that the prediction does not cover;
 * contrast of the first input modality (FLAIR by default): median brain z-score ((v - mean) / sd over
@@ -41,12 +43,24 @@ from brats2d.predict import postprocess  # noqa: E402
 LABELS = ("core", "oedema", "enhancing")
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """mask (X, Y, Z) bool with every hole enclosed within an axial, coronal or sagittal slice filled."""
+    from scipy import ndimage
+
+    out = mask.copy()
+    for axis in (2, 1, 0):
+        out = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(out, axis, 0)], axis=axis)
+    return out
+
+
 def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int) -> dict[str, Any]:
     """One patient: image (X, Y, Z) float32 (raw intensities, 0 outside the brain), seg (X, Y, Z) labels,
-    pred (X, Y, Z) bool whole-tumour prediction -> {dice, volume_ratio, missed{label}, z{found, missed,
-    normal, normal_p90}}; a label the patient does not have is missed None, as is an empty set's z."""
+    pred (X, Y, Z) bool whole-tumour prediction -> {dice, dice_filled, volume_ratio, missed{label},
+    z{found, missed, normal, normal_p90}}; a label the patient does not have is missed None, as is an
+    empty set's z."""
     truth = seg > 0
     dice = float(M.dice(M.confusion(pred, truth)))
+    dice_filled = float(M.dice(M.confusion(fill_holes(pred), truth)))
     missed = {}
     for name, lab in zip(LABELS, (1, 2, et_label)):
         m = seg == lab
@@ -59,7 +73,7 @@ def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int)
         return float(np.median(z[mask])) if mask.any() else None
 
     normal = brain & ~truth
-    return {"dice": dice, "volume_ratio": float(pred.sum() / truth.sum()) if truth.any() else None,
+    return {"dice": dice, "dice_filled": dice_filled, "volume_ratio": float(pred.sum() / truth.sum()) if truth.any() else None,
             "missed": missed, "z": {"found": med(truth & pred), "missed": med(truth & ~pred), "normal": med(normal),
                                     "normal_p90": float(np.percentile(z[normal], 90)) if normal.any() else None}}
 
@@ -88,8 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[g] = {"patients": len(rs), **{
             lab: float(np.mean(v)) if (v := [r["missed"][lab] for r in rs if r["missed"][lab] is not None]) else None
             for lab in LABELS}}
+    gain = np.array([r["dice_filled"] - r["dice"] for r in rows])
+    holes = {"patients": len(rows), "paired_gain": float(gain.mean()) if len(rows) else None,
+             "se": float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(rows) > 1 else None,
+             "better": int((gain > 0).sum()), "worse": int((gain < 0).sum())}
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "below": a.below, "modality": plan["preprocess"]["modalities"][0],
-                        "predict": own}, "patients": sorted(rows, key=lambda r: r["dice"]), "summary": summary}
+                        "predict": own}, "patients": sorted(rows, key=lambda r: r["dice"]), "summary": summary,
+           "holes_filled": holes}
     return finish(res, t_start, report, a.json)
 
 
@@ -100,20 +119,24 @@ def report(res: dict[str, Any]) -> None:
     f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
     t = Table(title=f"Whole-tumour misses per held-out patient ({res['settings']['cv']}; z: "
                     f"{res['settings']['modality']} brain z-scores)")
-    for c in ("patient", "fold", "Dice", "pred/true", "missed core", "missed oedema", "missed enh.",
+    for c in ("patient", "fold", "Dice", "holes filled", "pred/true", "missed core", "missed oedema", "missed enh.",
               "z found", "z missed", "z normal", "normal p90"):
         t.add_column(c, justify="left" if c == "patient" else "right", no_wrap=True)
     for r in res["patients"]:
-        t.add_row(r["patient"], str(r["fold"]), f"{r['dice']:.3f}", f(r["volume_ratio"]),
+        t.add_row(r["patient"], str(r["fold"]), f"{r['dice']:.3f}", f"{r['dice_filled']:.3f}", f(r["volume_ratio"]),
                   *(f(r["missed"][lab]) for lab in LABELS), *(f(r["z"][k]) for k in ("found", "missed", "normal", "normal_p90")))
     s = Table(title="Mean missed share of each label")
     for c in ("patients", "n", *LABELS):
         s.add_column(c, justify="left" if c == "patients" else "right")
     for g, v in res["summary"].items():
         s.add_row(g, str(v["patients"]), *(f(v[lab]) for lab in LABELS))
-    con = Console(width=max(140, Console().width))
+    con = Console(width=max(170, Console().width))
     con.print(t)
     con.print(s)
+    h = res["holes_filled"]
+    if h["patients"] > 1:
+        con.print(f"holes filled in every plane: Dice {h['paired_gain']:+.4f} ± {h['se']:.4f} per patient "
+                  f"(better {h['better']}, worse {h['worse']} of {h['patients']})")
     con.print(f"total {res['total_s']:.0f} s")
 
 

@@ -35,12 +35,14 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # patients too, 4 epochs so the compute stays near 10 axial ones), three-plane fusion at prediction and
 # BCE+Dice, all 5 folds against the recipe re-run on the same machine: +0.015 +- 0.012, better in 24 and
 # worse in 5 (Wilcoxon p = 0.006), median 0.846 -> 0.872, though the worst patient fell 0.42 -> 0.35;
-# training 1.33x. The cosine schedule was not ablated. Not adopted on top of that (README Steps 14-17): 6 epochs
+# training 1.33x. The cosine schedule, ablated later on a GPU (README Step 19): +0.003 +- 0.006 over a constant rate,
+# 20 better / 9 worse, within noise either way, so it stays. Not adopted on top of that (README Steps 14-19): 6 epochs
 # (fold 0: +0.001 +- 0.003), the sub-regions as extra outputs (--region all, all folds: -0.007 +- 0.006), all
 # 23 patients without validation (--split 0.85,0,0.15, all folds: +0.003 +- 0.003, 15 better / 14 worse, 1.3x
 # the training time), batch Dice (--dice-batch, all folds: -0.007 +- 0.007, 13 better / 16 worse) and, on a GPU,
 # a wider, deeper or finer network (README Step 17, all folds: --base-channels 48 -0.011 +- 0.006, --depth 5
-# -0.012 +- 0.007, --size 128 -0.001 +- 0.007).
+# -0.012 +- 0.007, --size 128 -0.001 +- 0.007), nor the optimiser's settings (README Step 19, all folds on a GPU:
+# --epochs 6 +0.000 +- 0.004, --lr 3e-4 +0.003 +- 0.005, --dropout 0.1 -0.004 +- 0.004).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from click.testing import CliRunner
 
 from brats2d import cache, checkpoint
@@ -328,6 +329,22 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
     assert r["missed"] == {"core": 0.5, "oedema": 0.0, "enhancing": None}
     assert r["volume_ratio"] == pytest.approx(10 / 12) and r["dice"] == pytest.approx(20 / 22)
     assert r["z"]["found"] > r["z"]["normal"] == r["z"]["missed"]  # the missed core is as bright as normal brain
+    assert r["dice_filled"] == r["dice"]  # the missed core is at the rim's edge, not enclosed by it
+
+
+def test_failure_analysis_fills_holes_in_every_plane() -> None:
+    fa = bench_script("failure_analysis")
+    seg = np.zeros((7, 7, 7), np.uint8)
+    seg[1:6, 1:6, 1:6] = 2
+    seg[2:5, 2:5, 2:5] = 1  # a core enclosed by oedema
+    pred = seg == 2  # the rim only: every core voxel is a hole in each plane's slices
+    r = fa.analyse(np.ones(seg.shape, np.float32), seg, pred, et_label=4)
+    assert r["missed"]["core"] == 1.0 and r["dice"] == pytest.approx(2 * 98 / (98 + 125))
+    assert r["dice_filled"] == 1.0
+    notch = pred.copy()
+    notch[1, 3, 3] = False  # the core opens to the outside through one voxel of the rim's x = 1 face
+    assert not ndimage.binary_fill_holes(notch)[3, 3, 3]  # not a hole in 3D
+    assert fa.fill_holes(notch).sum() == 125  # but enclosed within slices: the x = 1 face, then the core
 
 
 def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
@@ -336,4 +353,6 @@ def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw
     want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
     assert {r["patient"]: r["dice"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
     assert sum(g["patients"] for g in res["summary"].values()) == len(want)
+    assert res["holes_filled"]["patients"] == len(want)
+    assert all(r["dice_filled"] >= 0 for r in res["patients"])
     assert json.loads((tmp_path / "fa.json").read_text())["summary"] == res["summary"]
