@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import finish, held_out  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.crossval import PLAN, with_defaults  # noqa: E402
+from brats2d.cvsummary import paired  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
 
 LABELS = ("core", "oedema", "enhancing")
@@ -102,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[g] = {"patients": len(rs), **{
             lab: float(np.mean(v)) if (v := [r["missed"][lab] for r in rs if r["missed"][lab] is not None]) else None
             for lab in LABELS}}
-    gain = np.array([r["dice_filled"] - r["dice"] for r in rows])
-    holes = {"patients": len(rows), "paired_gain": float(gain.mean()) if len(rows) else None,
-             "se": float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(rows) > 1 else None,
-             "better": int((gain > 0).sum()), "worse": int((gain < 0).sum())}
+    holes = {"patients": len(rows), **(paired(np.array([r["dice_filled"] - r["dice"] for r in rows])) if rows else {})}
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "below": a.below, "modality": plan["preprocess"]["modalities"][0],
                         "predict": own}, "patients": sorted(rows, key=lambda r: r["dice"]), "summary": summary,
            "holes_filled": holes}
@@ -135,7 +133,7 @@ def report(res: dict[str, Any]) -> None:
     con.print(s)
     h = res["holes_filled"]
     if h["patients"] > 1:
-        con.print(f"holes filled in every plane: Dice {h['paired_gain']:+.4f} ± {h['se']:.4f} per patient "
+        con.print(f"holes filled in every plane: Dice {h['mean']:+.4f} ± {h['se']:.4f} per patient "
                   f"(better {h['better']}, worse {h['worse']} of {h['patients']})")
     con.print(f"total {res['total_s']:.0f} s")
 
