@@ -15,7 +15,11 @@ the per-patient Dice equals the fold's metrics.json), and for the whole tumour i
 * contrast of the first input modality (FLAIR by default): median brain z-score ((v - mean) / sd over
   brain voxels, whatever the run's normalization) of the tumour found, the tumour missed and the normal
   brain, and the normal brain's 90th percentile: a miss whose z-score sits inside the normal brain's
-  range is tissue that looks normal in that modality.
+  range is tissue that looks normal in that modality;
+* left-right symmetry (the reflection of `--mirror`, brats2d/slicing.py): the share of the tumour whose
+  mirror voxel is tumour too (a tumour across the midline or on both sides), and the median asymmetry
+  (z minus the mirror voxel's z) of the tumour missed against the normal brain's 90th percentile: a miss
+  no brighter than its contralateral twin has no symmetry cue either.
 
 The summary pools the labels' missed shares over the patients below `--below` and over the rest, which
 says whether failures are a label (say, the core that FLAIR shows dark) or a contrast problem. It is an
@@ -40,6 +44,7 @@ from brats2d import metrics as M  # noqa: E402
 from brats2d.crossval import PLAN, with_defaults  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
+from brats2d.slicing import with_mirror  # noqa: E402
 
 LABELS = ("core", "oedema", "enhancing")
 
@@ -57,8 +62,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int) -> dict[str, Any]:
     """One patient: image (X, Y, Z) float32 (raw intensities, 0 outside the brain), seg (X, Y, Z) labels,
     pred (X, Y, Z) bool whole-tumour prediction -> {dice, dice_filled, volume_ratio, missed{label},
-    z{found, missed, normal, normal_p90}}; a label the patient does not have is missed None, as is an
-    empty set's z."""
+    z{found, missed, normal, normal_p90}, both_sides, asym{missed, normal_p90}}; a label the patient does not
+    have is missed None, as is an empty set's z."""
     truth = seg > 0
     dice = float(M.dice(M.confusion(pred, truth)))
     dice_filled = float(M.dice(M.confusion(fill_holes(pred), truth)))
@@ -74,9 +79,22 @@ def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int)
         return float(np.median(z[mask])) if mask.any() else None
 
     normal = brain & ~truth
+    # Reflected with the brain's extent, as --mirror does (truth lies inside the brain, so it cannot widen it).
+    # z is 0 outside the brain here, so the reflected extent is the brain's.
+    mirrored = with_mirror(np.stack([brain, np.where(brain, z, 0.0), truth]).astype(np.float32))[3:]
+    paired_side = brain & (mirrored[0] > 0.5)  # the twin voxel is brain too
+    z_m, truth_m = mirrored[1], mirrored[2]
+    asym = z - z_m
+
+    def p90(a: np.ndarray, mask: np.ndarray) -> float | None:
+        return float(np.percentile(a[mask], 90)) if mask.any() else None
+
     return {"dice": dice, "dice_filled": dice_filled, "volume_ratio": float(pred.sum() / truth.sum()) if truth.any() else None,
             "missed": missed, "z": {"found": med(truth & pred), "missed": med(truth & ~pred), "normal": med(normal),
-                                    "normal_p90": float(np.percentile(z[normal], 90)) if normal.any() else None}}
+                                    "normal_p90": p90(z, normal)},
+            "both_sides": float((truth & (truth_m > 0.5)).sum() / truth.sum()) if truth.any() else None,
+            "asym": {"missed": float(np.median(asym[m])) if (m := truth & ~pred & paired_side).any() else None,
+                     "normal_p90": p90(asym, normal & paired_side)}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -118,11 +136,12 @@ def report(res: dict[str, Any]) -> None:
     t = Table(title=f"Whole-tumour misses per held-out patient ({res['settings']['cv']}; z: "
                     f"{res['settings']['modality']} brain z-scores)")
     for c in ("patient", "fold", "Dice", "holes filled", "pred/true", "missed core", "missed oedema", "missed enh.",
-              "z found", "z missed", "z normal", "normal p90"):
+              "z found", "z missed", "z normal", "normal p90", "both sides", "asym missed", "asym p90"):
         t.add_column(c, justify="left" if c == "patient" else "right", no_wrap=True)
     for r in res["patients"]:
         t.add_row(r["patient"], str(r["fold"]), f"{r['dice']:.3f}", f"{r['dice_filled']:.3f}", f(r["volume_ratio"]),
-                  *(f(r["missed"][lab]) for lab in LABELS), *(f(r["z"][k]) for k in ("found", "missed", "normal", "normal_p90")))
+                  *(f(r["missed"][lab]) for lab in LABELS), *(f(r["z"][k]) for k in ("found", "missed", "normal", "normal_p90")),
+                  f(r["both_sides"]), f(r["asym"]["missed"]), f(r["asym"]["normal_p90"]))
     s = Table(title="Mean missed share of each label")
     for c in ("patients", "n", *LABELS):
         s.add_column(c, justify="left" if c == "patients" else "right")

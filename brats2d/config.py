@@ -52,6 +52,7 @@ class PreprocessConfig:
     context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
     crop: str = "none"  # brain: resize a square box around the head instead of the whole frame
     views: tuple[str, ...] = ("axial",)  # planes the train split's slices come from; predict fuses them (brats2d/views.py)
+    mirror: bool = False  # also feed each modality reflected left-right about the brain's centre (brats2d/slicing.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -89,8 +90,9 @@ class PreprocessConfig:
 
     @property
     def in_channels(self) -> int:
-        """Image channels: each modality at z - context .. z + context, modality-major."""
-        return len(self.modalities) * (2 * self.context + 1)
+        """Image channels: each modality (then, with mirror, each reflected modality) at z - context ..
+        z + context, channel-major."""
+        return len(self.modalities) * (2 if self.mirror else 1) * (2 * self.context + 1)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def evaluate_variants(pred: Predictor, raw: str | Path, cases: list[str], thresh
 
 
 # Settings that change what the model sees; split, seed, empty_slices and dtype may differ (e.g. an eval-only cache).
-MUST_MATCH = ("modalities", "size", "region", "norm", "percentile", "context", "crop")
+MUST_MATCH = ("modalities", "size", "region", "norm", "percentile", "context", "crop", "mirror")
 
 
 def check_cache_matches(pred: Predictor, data: SliceCache) -> None:

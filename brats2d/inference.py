@@ -14,7 +14,7 @@ from .augment import apply_batch, invert_one
 from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
 from .crop import box_for, paste
 from .model import UNet, build_model
-from .slicing import normalize, resize_slices, with_context
+from .slicing import normalize, resize_slices, with_context, with_mirror
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 from .views import VIEWS, from_view, to_view
 
@@ -100,7 +100,8 @@ class Predictor:
                **kw) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every slice.
 
-        Normalizes exactly as the cache did (the run's preprocess config), resizes slices to the
+        Normalizes exactly as the cache did (the run's preprocess config; normalized=True: the caller
+        did, and adds the left-right reflection where the config has mirror), resizes slices to the
         training size (after cropping to the same head box, crop 'brain'), predicts in batches and
         resizes the probabilities back (bilinear; 0 outside the box). Slices that are exactly 0 in
         every channel (outside the head: ~20 % of a BraTS volume) are not run through the model; their
@@ -114,6 +115,8 @@ class Predictor:
         if not normalized:
             image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
                               for c in range(image.shape[0])])
+        if self.prep_cfg.mirror:
+            image = with_mirror(image)
         shape = image.shape[1:]
         views = self.prep_cfg.views if views is None else tuple(views)
         if not views or any(v not in VIEWS for v in views):

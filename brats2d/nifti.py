@@ -134,6 +134,17 @@ def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
     return data, np.asarray(img.affine, dtype=np.float64), zooms  # type: ignore[return-value]
 
 
+def check_left_right(affine: np.ndarray, path: Path) -> None:
+    """InputError naming `path` unless its first array axis runs left-right (what mirror reflects)."""
+    from nibabel.orientations import aff2axcodes
+
+    codes = aff2axcodes(affine)
+    if codes[0] not in ("L", "R"):
+        raise InputError(f"{path}: mirror reflects the first array axis, which here runs {codes[0]}-wards "
+                         f"(orientation {''.join(str(c) for c in codes)}), not left-right; reorient the scan "
+                         "(e.g. nibabel.as_closest_canonical) or train without --mirror")
+
+
 def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True):
     """Read the requested modalities (stacked (C, X, Y, Z) float32) and the seg (X, Y, Z) int16 or None.
 

@@ -50,6 +50,8 @@ from .main import P, _device, _floats, _names, cli, config_options
               help="brain: resize a square box around the head, not the whole frame")
 @click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
               help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
+@click.option("--mirror/--no-mirror", default=P.mirror, show_default=True,
+              help="also input each modality reflected left-right about the brain's centre (asymmetry cue)")
 @click.option("--min-size", type=click.IntRange(0), default=PREDICT_DEFAULTS["min_size"], show_default=True,
               help="predict: drop 3D components smaller than this (voxels)")
 @click.option("--tta/--no-tta", default=PREDICT_DEFAULTS["tta"], show_default=True, help="predict: 8 flips/rotations averaged")

@@ -129,6 +129,8 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
               help="brain: resize a square box around the head, not the whole frame")
 @click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
               help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
+@click.option("--mirror/--no-mirror", default=P.mirror, show_default=True,
+              help="also input each modality reflected left-right about the brain's centre (asymmetry cue)")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")

@@ -330,6 +330,13 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
     assert r["volume_ratio"] == pytest.approx(10 / 12) and r["dice"] == pytest.approx(20 / 22)
     assert r["z"]["found"] > r["z"]["normal"] == r["z"]["missed"]  # the missed core is as bright as normal brain
     assert r["dice_filled"] == r["dice"]  # the missed core is at the rim's edge, not enclosed by it
+    # Left-right (x) symmetry about the brain's centre (x 0..5 -> 5 - x): no tumour voxel has a tumour twin,
+    # and the missed core (x = 0, z-score of normal brain) is exactly as bright as its twin at x = 5.
+    assert r["both_sides"] == 0.0 and r["asym"]["missed"] == pytest.approx(0.0, abs=1e-6)
+    sym = np.zeros_like(seg)
+    sym[[0, 5], :4, 0] = 2  # the same oedema on both sides
+    r2 = bench_script("failure_analysis").analyse(image, sym, sym > 0, et_label=4)
+    assert r2["both_sides"] == 1.0 and r2["asym"]["missed"] is None
 
 
 def test_failure_analysis_fills_holes_in_every_plane() -> None:

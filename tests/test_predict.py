@@ -257,9 +257,9 @@ def test_multimodal_all_regions_with_uncertainty_end_to_end(raw_dir: Path, raw_c
         predict_case(pred, raw_copy / case, None)
 
 
-@pytest.mark.parametrize("prep", [dict(context=1), dict(norm="zscore"), dict(crop="brain")])
+@pytest.mark.parametrize("prep", [dict(context=1), dict(norm="zscore"), dict(crop="brain"), dict(mirror=True)])
 def test_predict_feeds_the_model_what_training_saw(raw_dir: Path, tiny_cache: Path, tmp_path: Path, prep: dict) -> None:
-    """2.5D stacks, z-scored and cropped inputs are rebuilt from the raw volume exactly as the cache holds them."""
+    """2.5D stacks, z-scored, cropped and mirrored inputs are rebuilt from the raw volume exactly as the cache holds them."""
     from brats2d import cache
     from brats2d.cache import CacheError
     from brats2d.predict import _load

@@ -239,6 +239,43 @@ def test_context_stacks_neighbouring_slices_edges_repeated(raw_dir: Path, tiny_c
         assert not np.array_equal(img[:, 0], img[:, 1])  # the neighbours are other slices
 
 
+def test_mirror_reflects_each_channel_about_the_brain_centre(raw_copy: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    from brats2d.slicing import with_mirror
+
+    vol = np.zeros((2, 10, 3, 2), np.float32)
+    vol[:, 3:8] = np.arange(3, 8, dtype=np.float32)[None, :, None, None] + np.array([0, 100])[:, None, None, None]
+    out = with_mirror(vol)
+    assert out.shape == (4, 10, 3, 2)
+    np.testing.assert_array_equal(out[:2], vol)  # the channels themselves come first, untouched
+    # The brain spans x 3..7 (centre 5, off the frame's centre 4.5): x -> 10 - x inside it, 0 outside.
+    assert out[2, :, 0, 0].tolist() == [0, 0, 0, 7, 6, 5, 4, 3, 0, 0]
+    assert out[3, :, 0, 0].tolist() == [0, 0, 0, 107, 106, 105, 104, 103, 0, 0]
+    assert PreprocessConfig(modalities=("flair", "t1ce"), mirror=True, context=1).in_channels == 12
+    # The cache: two channels per slice, the first exactly the plain cache's slice, the second its reflection.
+    path = tmp_path / "mirror.h5"
+    preprocess(raw_copy, path, PreprocessConfig(size=SIZE, mirror=True), workers=1)
+    assert cache.read_meta(path).image_shape == (2, SIZE, SIZE)
+    img, _ = cache.open_arrays(path, "train")
+    img2d, _ = cache.open_arrays(tiny_cache, "train")
+    np.testing.assert_array_equal(img[:, :1], img2d)
+    assert not np.array_equal(img[:, 0], img[:, 1])
+    # A scan whose first array axis is not left-right cannot be mirrored: skipped with the file named.
+    case = sorted(p.name for p in raw_copy.iterdir())[0]
+    flair = raw_copy / case / f"{case}_flair.nii.gz"
+    im = nib.load(str(flair))
+    data = np.asarray(im.dataobj)
+    nib.save(nib.Nifti1Image(data, im.affine[:, [1, 0, 2, 3]]), str(flair))  # axis 0 now runs anterior-posterior
+    for m in ("seg", "t1", "t1ce", "t2"):
+        f = raw_copy / case / f"{case}_{m}.nii.gz"
+        if f.exists():
+            other = nib.load(str(f))
+            nib.save(nib.Nifti1Image(np.asarray(other.dataobj), im.affine[:, [1, 0, 2, 3]]), str(f))
+    summary = preprocess(raw_copy, tmp_path / "m2.h5", PreprocessConfig(size=SIZE, mirror=True), workers=1, force=True)
+    reasons = dict(summary.skipped)
+    assert case in reasons and str(flair) in reasons[case] and "left-right" in reasons[case]
+    assert preprocess(raw_copy, tmp_path / "m3.h5", PreprocessConfig(size=SIZE), workers=1).skipped == []
+
+
 def test_a_cache_written_before_a_setting_existed_is_still_up_to_date(raw_dir: Path, tmp_path: Path) -> None:
     import h5py
 
