@@ -79,8 +79,7 @@ def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int)
         return float(np.median(z[mask])) if mask.any() else None
 
     normal = brain & ~truth
-    # Reflected with the brain's extent, as --mirror does (truth lies inside the brain, so it cannot widen it).
-    # z is 0 outside the brain here, so the reflected extent is the brain's.
+    # Reflected about the brain's extent, as --mirror does: z is zeroed outside the brain and truth lies inside it.
     mirrored = with_mirror(np.stack([brain, np.where(brain, z, 0.0), truth]).astype(np.float32))[3:]
     paired_side = brain & (mirrored[0] > 0.5)  # the twin voxel is brain too
     z_m, truth_m = mirrored[1], mirrored[2]

@@ -262,14 +262,9 @@ def test_mirror_reflects_each_channel_about_the_brain_centre(raw_copy: Path, tin
     # A scan whose first array axis is not left-right cannot be mirrored: skipped with the file named.
     case = sorted(p.name for p in raw_copy.iterdir())[0]
     flair = raw_copy / case / f"{case}_flair.nii.gz"
-    im = nib.load(str(flair))
-    data = np.asarray(im.dataobj)
-    nib.save(nib.Nifti1Image(data, im.affine[:, [1, 0, 2, 3]]), str(flair))  # axis 0 now runs anterior-posterior
-    for m in ("seg", "t1", "t1ce", "t2"):
-        f = raw_copy / case / f"{case}_{m}.nii.gz"
-        if f.exists():
-            other = nib.load(str(f))
-            nib.save(nib.Nifti1Image(np.asarray(other.dataobj), im.affine[:, [1, 0, 2, 3]]), str(f))
+    for f in (raw_copy / case).glob("*.nii.gz"):  # every file alike, so only the orientation is wrong
+        im = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asarray(im.dataobj), im.affine[:, [1, 0, 2, 3]]), str(f))  # axis 0: anterior-posterior
     summary = preprocess(raw_copy, tmp_path / "m2.h5", PreprocessConfig(size=SIZE, mirror=True), workers=1, force=True)
     reasons = dict(summary.skipped)
     assert case in reasons and str(flair) in reasons[case] and "left-right" in reasons[case]
