@@ -44,7 +44,7 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # -0.012 +- 0.007, --size 128 -0.001 +- 0.007), nor the optimiser's settings (README Step 19, all folds on a GPU:
 # --epochs 6 +0.000 +- 0.004, --lr 3e-4 +0.003 +- 0.005, --dropout 0.1 -0.004 +- 0.004), nor the left-right mirror as a
 # second input channel (README Step 21, --mirror, all folds: -0.001 +- 0.005, 17 better / 12 worse), nor Dice + focal
-# instead of BCE + Dice (Step 22, folds 0-1: +0.005 +- 0.007, 7 better / 5 worse).
+# instead of BCE + Dice (Step 22, folds 0-2: -0.004 +- 0.006, 7 better / 11 worse).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {
