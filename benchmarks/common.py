@@ -35,5 +35,5 @@ def held_out(cv: Path, plan: dict[str, Any], raw: Path, device: str = "cpu") -> 
         pred = load_predictor(d / "run", plan["predict"]["checkpoint"], device)
         for case in read_meta(d / "cache.h5").splits["test"]:
             patient = patient_from_folder(raw / case)
-            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities)
+            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities, left_right=pred.prep_cfg.mirror)
             yield i, pred, patient, image, seg

@@ -145,10 +145,11 @@ def check_left_right(affine: np.ndarray, path: Path) -> None:
                          "(e.g. nibabel.as_closest_canonical) or train without --mirror")
 
 
-def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True):
+def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True, left_right: bool = False):
     """Read the requested modalities (stacked (C, X, Y, Z) float32) and the seg (X, Y, Z) int16 or None.
 
-    Checks that every file exists, shapes and affines agree, and voxels are finite; returns
+    Checks that every file exists, shapes and affines agree, and voxels are finite (and with
+    `left_right`, that the first array axis runs left-right: what mirror input needs); returns
     (image, seg, affine, spacing). Raises InputError naming the offending file.
     """
     wanted = list(modalities) + (["seg"] if need_seg else [])
@@ -164,6 +165,8 @@ def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool =
         data, affine, zooms = load_volume(patient.files[m])
         if ref_affine is None:
             ref_affine, spacing = affine, zooms
+            if left_right:
+                check_left_right(affine, patient.files[m])
         elif data.shape != chans[0].shape:
             raise InputError(f"{patient.files[m]}: shape {data.shape} differs from {ref_path.name} {chans[0].shape}")
         elif not np.allclose(affine, ref_affine, atol=1e-3):

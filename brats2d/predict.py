@@ -12,7 +12,7 @@ import numpy as np
 
 from . import metrics as M
 from .inference import Predictor
-from .nifti import InputError, Patient, check_left_right, discover, load_patient, patient_from_folder
+from .nifti import InputError, Patient, discover, load_patient, patient_from_folder
 from .slicing import region_masks
 
 
@@ -108,9 +108,8 @@ def _load(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.
     patient = patient_from_folder(Path(folder))
     if patient is None:
         raise InputError(f"{folder}: not a BraTS patient folder (no <case>_flair / <case>-t2f NIfTI)")
-    image, seg, affine, spacing = load_patient(patient, pred.prep_cfg.modalities, need_seg="seg" in patient.files)
-    if pred.prep_cfg.mirror:
-        check_left_right(affine, patient.files[pred.prep_cfg.modalities[0]])
+    image, seg, _, spacing = load_patient(patient, pred.prep_cfg.modalities, need_seg="seg" in patient.files,
+                                          left_right=pred.prep_cfg.mirror)
     return patient, image, seg, spacing
 
 

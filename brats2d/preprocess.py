@@ -19,7 +19,7 @@ import numpy as np
 from . import cache
 from .config import PreprocessConfig, to_dict
 from .crop import box_for
-from .nifti import InputError, Patient, check_left_right, discover, load_patient
+from .nifti import InputError, Patient, discover, load_patient
 from .slicing import normalize, region_masks, resize_slices, with_context, with_mirror
 from .splits import load_splits, save_splits, split_patients
 from .views import VIEWS, to_view
@@ -47,10 +47,8 @@ def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, .
     Axial slices first, then those of each further plane in `views` (cfg.views for training patients:
     brats2d/views.py); `slices` holds each slice's index along its own plane's axis.
     """
-    image, seg, affine, spacing = load_patient(patient, cfg.modalities)
+    image, seg, _, spacing = load_patient(patient, cfg.modalities, left_right=cfg.mirror)
     assert seg is not None
-    if cfg.mirror:
-        check_left_right(affine, patient.files[cfg.modalities[0]])
     masks = region_masks(seg, cfg.region, patient.et_label)
     if not masks[0].any():
         raise InputError(f"{patient.files['seg']}: no tumour voxels for region {cfg.region!r}; patient skipped")

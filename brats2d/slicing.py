@@ -57,8 +57,8 @@ def with_mirror(image: np.ndarray) -> np.ndarray:
     The brain is where any channel is non-zero (BraTS background is exactly 0); its extent x0..x1
     along X is reflected onto itself (x -> x0 + x1 - x), zero elsewhere. BraTS volumes are registered
     to an atlas with X left-right, so a voxel then sits beside its contralateral twin: a tumour that
-    is no brighter than normal brain on FLAIR is often still brighter than the same place on the other
-    side -- the cue a radiologist reads (symmetry-driven segmentation, e.g. Shen et al. 2017).
+    is no brighter than normal brain on FLAIR may still be brighter than the same place on the other
+    side (symmetry-driven segmentation, e.g. Shen et al. 2017; README Step 21 measures it).
     """
     xs = np.flatnonzero((image != 0).any(axis=(0, 2, 3)))
     out = np.zeros_like(image)
