@@ -18,6 +18,7 @@ REGIONS = ("wt", "tc", "et", "all")
 NORMS = ("minmax", "percentile", "zscore")
 LOSSES = ("bce", "dice", "bce+dice", "focal", "dice+focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORM_LAYERS = ("batch", "instance", "group")  # the layer after each convolution (brats2d.model.norm_layer)
 CACHE_DTYPES = ("float16", "float32")
 CROPS = ("none", "brain")  # none: the whole frame (the seed); brain: a square around the head (brats2d/crop.py)
 CHECKPOINTS = ("best", "latest", "best+latest")  # which model(s) of a run predict: best+latest averages both
@@ -121,6 +122,7 @@ class TrainConfig:
     base_channels: int = 32
     depth: int = 4
     dropout: float = 0.0
+    norm_layer: str = "batch"  # batch (the seed) | instance (nnU-Net's) | group
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16, AMP (fp16) on CUDA
     channels_last: bool = True  # measured 1.4x faster on CPU (benchmarks/bench_train.py)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only; torch has no CPU kernel)
@@ -148,6 +150,10 @@ class TrainConfig:
         _check(self.base_channels >= 1, f"base_channels: must be >= 1, got {self.base_channels}")
         _check(1 <= self.depth <= 6, f"depth: must be in 1..6, got {self.depth}")
         _check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        _check(self.norm_layer in NORM_LAYERS,
+               f"norm_layer: {self.norm_layer!r} (choose from {', '.join(NORM_LAYERS)})")
+        _check(not (self.sync_bn and self.norm_layer != "batch"),
+               f"sync_bn: only BatchNorm has batch statistics to synchronize (norm_layer is {self.norm_layer!r})")
         _check(self.precision in PRECISIONS, f"precision: {self.precision!r} (choose from {', '.join(PRECISIONS)})")
         _check(isinstance(self.sync_bn, bool), f"sync_bn: must be true or false, got {self.sync_bn!r}")
         _check(self.threads >= 0, f"threads: must be >= 0, got {self.threads}")

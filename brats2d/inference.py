@@ -194,7 +194,7 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
                 raise ValueError(f"{run / name}: was trained on other preprocessing settings or regions than "
                                  f"{runs[0]} (an ensemble needs the same input and output)")
             model = build_model(ident["model"]["in_channels"], ident["model"]["out_channels"], tcfg.base_channels,
-                                tcfg.depth, tcfg.dropout)
+                                tcfg.depth, tcfg.dropout, tcfg.norm_layer)
             model.load_state_dict(ck["model"])
             model = model.to(dev).eval()
             if tcfg.channels_last:

@@ -48,7 +48,7 @@ def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device =
         keep_freed_memory()
     torch.manual_seed(cfg.seed)
     C, K = meta.image_shape[0], meta.mask_channels
-    model = build_model(C, K, cfg.base_channels, cfg.depth, cfg.dropout).to(dev)
+    model = build_model(C, K, cfg.base_channels, cfg.depth, cfg.dropout, cfg.norm_layer).to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world_size > 1:

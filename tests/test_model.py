@@ -45,6 +45,32 @@ def test_count_parameters_matches_a_hand_count() -> None:
     assert count_parameters(UNet(1, 1, b, 1)) == dc(1, b) + dc(b, 2 * b) + dc(3 * b, b) + b + 1
 
 
+@pytest.mark.parametrize("norm,layer", [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d), ("group", nn.GroupNorm)])
+def test_norm_layer_is_the_one_asked_for(norm: str, layer: type) -> None:
+    torch.manual_seed(0)
+    model = build_model(1, 1, norm=norm, **TINY)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm))]
+    assert len(norms) == 2 * (2 * TINY["depth"] + 1) and all(type(m) is layer for m in norms)
+    assert count_parameters(model) == count_parameters(build_model(1, 1, **TINY))  # 2 affine params per channel
+    if norm == "group":  # gcd(8, channels) groups: 4 at the 4-channel level, 8 from 8 channels on
+        assert [m.num_groups for m in norms[:2]] == [4, 4] and norms[2].num_groups == 8
+    x = torch.rand(3, 1, S, S) * torch.tensor([1.0, 5.0, 20.0]).view(3, 1, 1, 1)
+    for train_mode in (True, False):
+        model.train(train_mode)
+        with torch.no_grad():
+            alone, batched = model(x[:1]), model(x)[:1]
+        # instance and group statistics are per sample: a slice's output does not depend on its batch
+        # mates, in training or inference; BatchNorm's training output does
+        assert torch.allclose(alone, batched, atol=1e-5) == (norm != "batch" or not train_mode)
+    if norm == "instance":
+        assert not any(b.numel() for n, b in model.named_buffers())  # no running statistics to drift
+
+
+def test_unknown_norm_layer_is_refused() -> None:
+    with pytest.raises(ValueError, match="layer"):
+        build_model(1, 1, norm="layer", **TINY)
+
+
 def test_no_dropout_layers_when_dropout_is_zero() -> None:
     assert not any(isinstance(m, nn.Dropout2d) for m in build_model(1, 1, dropout=0.0, **TINY).modules())
 

@@ -61,7 +61,8 @@ def test_tiny_unet_learns(tiny_cache: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0.0), dict(loss="l2"), dict(schedule="step"),
                                  dict(intensity_p=1.5), dict(intensity_gamma=-0.1), dict(intensity_scale=1.0),
-                                 dict(spatial_p=-0.1), dict(spatial_scale=1.5), dict(spatial_rotate=181.0)])
+                                 dict(spatial_p=-0.1), dict(spatial_scale=1.5), dict(spatial_rotate=181.0),
+                                 dict(norm_layer="layer"), dict(sync_bn=True, norm_layer="instance")])
 def test_train_config_errors_name_the_setting(bad: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(bad))):
         TrainConfig(**bad)
@@ -95,6 +96,27 @@ def test_finished_run_says_so_and_restart_starts_over(tiny_cache: Path, tmp_path
     msgs.clear()
     train(tiny_cache, tmp_path / "r", cfg, restart=True, log=msgs.append)
     assert any("--restart" in m for m in msgs)
+
+
+def test_norm_layer_run_round_trips_and_older_runs_read_batch(tiny_cache: Path, tmp_path: Path) -> None:
+    """A run's normalization layer comes back from its checkpoint; one written before the setting existed is BatchNorm."""
+    from torch import nn
+
+    from brats2d.inference import load_predictor
+
+    train(tiny_cache, tmp_path / "in", TrainConfig(**{**TINY, "epochs": 1, "norm_layer": "instance"}), log=lambda m: None)
+    pred = load_predictor(tmp_path / "in", device="cpu")
+    assert pred.train_cfg.norm_layer == "instance"
+    assert any(isinstance(m, nn.InstanceNorm2d) for m in pred.model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in pred.model.modules())
+    train(tiny_cache, tmp_path / "old", TrainConfig(**{**TINY, "epochs": 1}), log=lambda m: None)
+    for name in ("best_model.pth", "latest_checkpoint.pth"):
+        path = tmp_path / "old" / name
+        ck = checkpoint.load(path)
+        ident = json.loads(ck["identity"])
+        del ident["train"]["norm_layer"]  # as brats2d wrote it before `norm_layer` existed
+        checkpoint.save({**ck, "identity": json.dumps(ident)}, path)
+    assert load_predictor(tmp_path / "old", device="cpu").train_cfg.norm_layer == "batch"
 
 
 def test_a_run_written_before_a_preprocess_setting_existed_still_resumes(tiny_cache: Path, tmp_path: Path) -> None:
