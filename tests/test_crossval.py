@@ -354,6 +354,50 @@ def test_failure_analysis_fills_holes_in_every_plane() -> None:
     assert fa.fill_holes(notch).sum() == 125  # but enclosed within slices: the x = 1 face, then the core
 
 
+def test_inference_screen_morphology_adds_to_the_mask_where_it_should() -> None:
+    screen = bench_script("inference_screen")
+    mask = np.zeros((12, 12, 12), bool)
+    mask[2:5, 2:8, 2:8] = mask[6:9, 2:8, 2:8] = True  # two slabs with a one-voxel gap at x = 5
+    prob = np.where(mask, 0.9, 0.0)
+    prob[5, 2:8, 2:8] = 0.25  # the gap: just above one hysteresis cut
+    prob[10:12, 10:12, 10:12] = 0.4  # a blob away from the mask: never added
+    v = screen.morphology_variants(prob, mask)
+    assert all((m | mask).sum() == m.sum() for m in v.values())  # every variant contains the mask
+    assert v["close 1"][5, 3:7, 3:7].all() and not v["close 1"][10:, 10:, 10:].any()
+    assert v["hysteresis 0.2"][5, 2:8, 2:8].all() and not v["hysteresis 0.3"][5].any()
+    assert not v["hysteresis 0.2"][10:, 10:, 10:].any()  # over 0.3 but not touching the mask
+    assert v["dilate 1"].sum() > mask.sum() and v["dilate 1"][1, 3, 3] and not v["dilate 1"][0, 3, 3]
+
+
+def test_inference_screen_adabn_adapts_then_restores(cv: tuple[Path, dict], raw_dir: Path) -> None:
+    from brats2d.predict import _load
+
+    screen = bench_script("inference_screen")
+    pred = load_predictor(cv[0] / "fold0" / "run", device="cpu")
+    bn = next(m for m in pred.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = {k: v.clone() for k, v in pred.model.state_dict().items()}
+    _, image, _, _ = _load(pred, next(p for p in sorted(raw_dir.iterdir()) if p.is_dir()))
+    plain = pred.volume(image)[0]
+    before_mean = bn.running_mean.clone()
+    with screen.adapted_batchnorm(pred, image):
+        assert not torch.equal(bn.running_mean, before_mean)
+        assert not pred.model.training  # the statistics were gathered; predictions run in evaluation mode
+        assert not np.array_equal(pred.volume(image)[0], plain)
+    assert all(torch.equal(v, before[k]) for k, v in pred.model.state_dict().items()) and bn.momentum == 0.1
+    assert torch.equal(bn.running_mean, before_mean) and np.array_equal(pred.volume(image)[0], plain)
+
+
+def test_inference_screen_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
+    out, summary = cv
+    res = bench_script("inference_screen").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "s.json")])
+    want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
+    assert {r["patient"]: r["dice"]["recipe"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
+    assert set(res["variants"]) == {"recipe", "close 1", "close 2", "close 3", "dilate 1", "hysteresis 0.2",
+                                    "hysteresis 0.3", "adabn"}
+    assert res["variants"]["recipe"]["mean"] == pytest.approx(np.mean(list(want.values())))
+    assert json.loads((tmp_path / "s.json").read_text())["variants"] == res["variants"]
+
+
 def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
     out, summary = cv
     res = bench_script("failure_analysis").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fa.json")])
