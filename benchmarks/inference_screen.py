@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = np.array([r["dice"]["recipe"] for r in rows])
     for name in (rows[0]["dice"] if rows else {}):
         d = np.array([r["dice"][name] for r in rows])
-        variants[name] = {"mean": float(d.mean()), "sd": float(d.std()), "median": float(np.median(d)),
-                          "worst": float(d.min()), "below_0.70": int((d < 0.70).sum()),
+        variants[name] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                          "median": float(np.median(d)), "worst": float(d.min()), "below_0.70": int((d < 0.70).sum()),
                           **({"paired": paired(d - base)} if name != "recipe" and len(d) > 1 else {})}
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "predict": own}, "patients": rows, "variants": variants}
     return finish(res, t_start, report, a.json)
