@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,24 @@ def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(res, indent=2))
     return res
+
+
+def crossval_args(description: str) -> argparse.ArgumentParser:
+    """The arguments every script over a finished `brats2d crossval` folder takes: cv, --raw, --device, --json."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("cv", type=Path, help="a brats2d crossval output folder")
+    ap.add_argument("--raw", type=Path, help="the raw BraTS folder it ran on (default: the one its plan names)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    return ap
+
+
+def crossval_plan(a: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """(the folder's plan read with crossval.with_defaults, the raw folder: --raw or the plan's)."""
+    from brats2d.crossval import PLAN, with_defaults
+
+    plan = with_defaults(json.loads((a.cv / PLAN).read_text()))
+    return plan, a.raw or Path(plan["raw"])
 
 
 def held_out(cv: Path, plan: dict[str, Any], raw: Path, device: str = "cpu") -> Iterator[tuple[int, Any, Any, Any, Any]]:

@@ -28,8 +28,6 @@ accuracy diagnostic, not a speed benchmark: no timings. Needs the raw folder the
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,9 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish, held_out  # noqa: E402
+from common import crossval_args, crossval_plan, finish, held_out  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
-from brats2d.crossval import PLAN, with_defaults  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
 from brats2d.predict import postprocess  # noqa: E402
 from brats2d.slicing import with_mirror  # noqa: E402
@@ -97,16 +94,11 @@ def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cv", type=Path, help="a brats2d crossval output folder")
-    ap.add_argument("--raw", type=Path, help="the raw BraTS folder it ran on (default: the one its plan names)")
+    ap = crossval_args(__doc__.split("\n")[0])
     ap.add_argument("--below", type=float, default=0.70, help="Dice under which a patient counts as a failure")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
-    plan = with_defaults(json.loads((a.cv / PLAN).read_text()))
-    raw = a.raw or Path(plan["raw"])
+    plan, raw = crossval_plan(a)
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
     for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):

@@ -94,8 +94,6 @@ class UNet(nn.Module):
             raise ValueError("in_channels, out_channels, base_channels and depth must all be >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if norm not in NORM_LAYERS:
-            raise ValueError(f"norm: unknown normalization layer {norm!r} (choose from {', '.join(NORM_LAYERS)})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.base_channels, self.depth, self.dropout, self.norm = base_channels, depth, dropout, norm
         ch = [base_channels * 2 ** i for i in range(depth + 1)]
