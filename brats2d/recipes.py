@@ -44,10 +44,11 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # -0.012 +- 0.007, --size 128 -0.001 +- 0.007), nor the optimiser's settings (README Step 19, all folds on a GPU:
 # --epochs 6 +0.000 +- 0.004, --lr 3e-4 +0.003 +- 0.005, --dropout 0.1 -0.004 +- 0.004), nor the left-right mirror as a
 # second input channel (README Step 21, --mirror, all folds: -0.001 +- 0.005, 17 better / 12 worse), nor Dice + focal
-# instead of BCE + Dice (Step 22, folds 0-3: -0.001 +- 0.005, 11 better / 13 worse), nor, without retraining,
+# instead of BCE + Dice (Step 22, all folds: -0.003 +- 0.005, 13 better / 16 worse), nor, without retraining,
 # closing, dilating or hysteresis-growing the mask or re-estimating BatchNorm on each scan (Step 23), nor
 # InstanceNorm instead of BatchNorm (Step 24, --norm-layer instance, all folds: -0.002 +- 0.006,
-# 16 better / 13 worse, 1.6-1.8x the training time).
+# 16 better / 13 worse, 1.6-1.8x the training time), nor weight decay (Step 25, --weight-decay 1e-4, all folds:
+# -0.005 +- 0.005, 8 better / 21 worse).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {
