@@ -48,7 +48,8 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # closing, dilating or hysteresis-growing the mask or re-estimating BatchNorm on each scan (Step 23), nor
 # InstanceNorm instead of BatchNorm (Step 24, --norm-layer instance, all folds: -0.002 +- 0.006,
 # 16 better / 13 worse, 1.6-1.8x the training time), nor weight decay (Step 25, --weight-decay 1e-4, all folds:
-# -0.005 +- 0.005, 8 better / 21 worse).
+# -0.005 +- 0.005, 8 better / 21 worse), nor, on one run, batch size 8 (Step 26, all folds: +0.012 +- 0.009 but
+# 12 better / 17 worse, Wilcoxon p = 0.93: three failures up, the typical patient not).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {
