@@ -22,6 +22,8 @@ from .main import P, _device, _floats, _names, cli, config_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="default: runs/crossval-<recipe>")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--seed", type=int, default=P.seed, show_default=True, help="seeds the fold assignment")
+@click.option("--train-seed", type=int, default=TrainConfig.seed, show_default=True,
+              help="seeds each fold's training (weights, data order, augmentation): a replicate keeps the folds")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="seed", show_default=True,
               help="preset settings for preprocess, train and predict (explicit options still win)")
 @click.option("--include-test", is_flag=True, help="also use the seed split's test patients (excluded by default)")
@@ -60,8 +62,8 @@ from .main import P, _device, _floats, _names, cli, config_options
 @click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default=PREDICT_DEFAULTS["checkpoint"],
               show_default=True, help="predict: which model(s) of each fold's run (best+latest: their mean)")
 @config_options(TrainConfig, skip=("seed",))
-def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, include_test: bool, fold: int | None,
-             device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool, **kw: Any) -> None:
+def crossval(raw: str, out: str | None, folds: int, seed: int, train_seed: int, recipe: str, include_test: bool,
+             fold: int | None, device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool, **kw: Any) -> None:
     """Patient-level k-fold cross-validation of a recipe on a raw BraTS folder, scored on whole volumes.
 
     The seed split's test patients stay out (unless --include-test); finished folds are skipped and a
@@ -77,6 +79,7 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, recipe: str, incl
              "train": {f.name for f in dataclasses.fields(TrainConfig)}, "predict": set(PREDICT_DEFAULTS)}
     overrides = {stage: apply_recipe(recipe, {k: v for k, v in kw.items() if k in keys}, ctx, stage)
                  for stage, keys in names.items()}
+    overrides["train"]["seed"] = train_seed  # TrainConfig's; --seed is the folds', PreprocessConfig's stays the seed split's
     with train_progress() as (log, progress):
         summary = run(raw, out, folds=folds, seed=seed, recipe=recipe, overrides=overrides, include_test=include_test,
                       fold=fold, device=device, workers=workers, restart=restart, rescore=rescore,

@@ -156,8 +156,12 @@ def test_settings_added_later_take_their_default_in_an_old_plan(cv: tuple[Path, 
 
 def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cv"
-    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--fold", "0", *CLI_TINY])
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--fold", "0",
+                                   "--train-seed", "7", *CLI_TINY])
     assert res.exit_code == 0, res.output
+    plan = json.loads((out / "crossval.json").read_text())
+    assert plan["seed"] == 42 and plan["train"]["seed"] == 7  # folds as before, training seeded apart
+    assert json.loads(checkpoint.load(out / "fold0" / "run" / "best_model.pth")["config"])["seed"] == 7
     cases = _cases(raw_dir)
     seed_test = split_patients(cases, (0.7, 0.15, 0.15), 42)["test"]
     s = json.loads((out / "cv_summary.json").read_text())
