@@ -63,7 +63,8 @@ from .main import P, _device, _floats, _names, cli, config_options
               show_default=True, help="predict: which model(s) of each fold's run (best+latest: their mean)")
 @config_options(TrainConfig, skip=("seed",))
 def crossval(raw: str, out: str | None, folds: int, seed: int, train_seed: int, recipe: str, include_test: bool,
-             fold: int | None, device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool, **kw: Any) -> None:
+             fold: int | None, device: str, workers: int, restart: bool, rescore: bool, postprocessing: bool,
+             **kw: Any) -> None:
     """Patient-level k-fold cross-validation of a recipe on a raw BraTS folder, scored on whole volumes.
 
     The seed split's test patients stay out (unless --include-test); finished folds are skipped and a
@@ -79,7 +80,8 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, train_seed: int, 
              "train": {f.name for f in dataclasses.fields(TrainConfig)}, "predict": set(PREDICT_DEFAULTS)}
     overrides = {stage: apply_recipe(recipe, {k: v for k, v in kw.items() if k in keys}, ctx, stage)
                  for stage, keys in names.items()}
-    overrides["train"]["seed"] = train_seed  # TrainConfig's; --seed is the folds', PreprocessConfig's stays the seed split's
+    # TrainConfig.seed under its own name: --seed is the folds', and PreprocessConfig.seed stays the seed split's.
+    overrides["train"]["seed"] = train_seed
     with train_progress() as (log, progress):
         summary = run(raw, out, folds=folds, seed=seed, recipe=recipe, overrides=overrides, include_test=include_test,
                       fold=fold, device=device, workers=workers, restart=restart, rescore=rescore,
