@@ -51,7 +51,8 @@ PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest":
 # -0.005 +- 0.005, 8 better / 21 worse), nor, on one run, batch size 8 (Step 26, all folds: +0.012 +- 0.009 but
 # 12 better / 17 worse, Wilcoxon p = 0.93: three failures up, the typical patient not; a second training,
 # --train-seed 1, all folds: -0.003 +- 0.003, 13 better / 16 worse, Step 27), nor spatial augmentation again on
-# this recipe (Step 28, --spatial-p 0.5, all folds: -0.003 +- 0.003, 10 better / 19 worse, 1.11x the time).
+# this recipe (Step 28, --spatial-p 0.5, all folds: -0.003 +- 0.003, 10 better / 19 worse, 1.11x the time),
+# nor GroupNorm (Step 29, --norm-layer group --train-seed 1, all folds: -0.002 +- 0.008, 12 better / 17 worse).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": {
