@@ -42,6 +42,15 @@ def held_out(cv: Path, plan: dict[str, Any], raw: Path, device: str = "cpu") -> 
     """Each held-out patient of every finished fold of the crossval folder `cv` (its plan, read with
     crossval.with_defaults): (fold, fold run's Predictor with the plan's checkpoint, Patient,
     image (C, X, Y, Z) float32, seg (X, Y, Z) labels), patients in the fold cache's test order."""
+    for i, pred, _, patient, image, seg in fold_patients(cv, plan, raw, ("test",), device):
+        yield i, pred, patient, image, seg
+
+
+def fold_patients(cv: Path, plan: dict[str, Any], raw: Path, splits: tuple[str, ...],
+                  device: str = "cpu") -> Iterator[tuple[int, Any, str, Any, Any, Any]]:
+    """Each patient of the given splits ("train", "val", "test") of every finished fold of the crossval
+    folder `cv`: (fold, fold run's Predictor with the plan's checkpoint, split, Patient, image (C, X, Y, Z)
+    float32, seg (X, Y, Z) labels), split by split in the order given, patients in the fold cache's order."""
     from brats2d.cache import read_meta
     from brats2d.crossval import finished_fold
     from brats2d.inference import load_predictor
@@ -52,7 +61,9 @@ def held_out(cv: Path, plan: dict[str, Any], raw: Path, device: str = "cpu") -> 
             continue
         d = cv / f"fold{i}"
         pred = load_predictor(d / "run", plan["predict"]["checkpoint"], device)
-        for case in read_meta(d / "cache.h5").splits["test"]:
-            patient = patient_from_folder(raw / case)
-            image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities, left_right=pred.prep_cfg.mirror)
-            yield i, pred, patient, image, seg
+        cases = read_meta(d / "cache.h5").splits
+        for split in splits:
+            for case in cases.get(split, []):
+                patient = patient_from_folder(raw / case)
+                image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities, left_right=pred.prep_cfg.mirror)
+                yield i, pred, split, patient, image, seg

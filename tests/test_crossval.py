@@ -411,3 +411,34 @@ def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw
     assert res["holes_filled"]["patients"] == len(want)
     assert all(r["dice_filled"] >= 0 for r in res["patients"])
     assert json.loads((tmp_path / "fa.json").read_text())["summary"] == res["summary"]
+
+
+def test_fit_ceiling_averages_each_patients_folds_by_role() -> None:
+    fc = bench_script("fit_ceiling")
+    rows = fc.per_patient([("a", "test", 0, 0.5), ("a", "train", 1, 0.8), ("a", "train", 2, 0.9),
+                           ("b", "train", 0, 0.7), ("b", "test", 1, 0.9), ("b", "val", 2, 0.6), ("c", "train", 0, 1.0)])
+    assert [r["patient"] for r in rows] == ["a", "b", "c"]  # by held-out Dice; never held out last
+    a, b, c = rows
+    assert (a["fold"], a["test"], a["train"], a["train_folds"], a["val"], a["val_folds"]) == (0, 0.5, pytest.approx(0.85), 2, None, 0)
+    assert (b["fold"], b["train"], b["val"]) == (1, 0.7, 0.6) and c["test"] is None and c["fold"] is None
+    s = fc.summarise(rows, below=0.75)
+    assert s["test"]["patients"] == 2 and s["test"]["below"] == 1 and s["test"]["worst"] == 0.5
+    assert s["train"]["minus_held_out"]["mean"] == pytest.approx(((0.85 - 0.5) + (0.7 - 0.9)) / 2)
+    assert s["train"]["minus_held_out"]["better"] == 1 and s["train"]["held_out_mean"] == pytest.approx(0.7)
+    assert s["val"]["patients"] == 1 and s["val"]["minus_held_out"]["worse"] == 1  # c has no held-out score
+
+
+def test_fit_ceiling_predicts_every_patient_in_every_role(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
+    out, summary = cv
+    res = bench_script("fit_ceiling").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fc.json")])
+    want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
+    assert {r["patient"]: r["test"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
+    splits = [cache.read_meta(out / f"fold{i}" / "cache.h5").splits for i in range(3)]
+    for r in res["patients"]:
+        for role in ("train", "val", "test"):
+            assert r[f"{role}_folds"] == sum(r["patient"] in s[role] for s in splits), (r["patient"], role)
+        assert r["train_folds"] + r["val_folds"] + r["test_folds"] == 3  # every fold used every patient once
+    assert res["summary"]["test"]["mean"] == pytest.approx(np.mean(list(want.values())))
+    fit = [r for r in res["patients"] if r["train"] is not None]
+    assert res["summary"]["train"]["minus_held_out"]["mean"] == pytest.approx(np.mean([r["train"] - r["test"] for r in fit]))
+    assert json.loads((tmp_path / "fc.json").read_text())["summary"] == res["summary"]
