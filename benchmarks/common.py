@@ -67,3 +67,19 @@ def fold_patients(cv: Path, plan: dict[str, Any], raw: Path, splits: tuple[str, 
                 patient = patient_from_folder(raw / case)
                 image, seg, _, _ = load_patient(patient, pred.prep_cfg.modalities, left_right=pred.prep_cfg.mirror)
                 yield i, pred, split, patient, image, seg
+
+
+def plan_prediction(pred: Any, image: Any, own: dict[str, Any]) -> tuple[Any, Any]:
+    """One patient predicted the way a crossval plan's predict settings `own` (tta, min_size, keep_largest)
+    do it, with the fold run's Predictor `pred` on image (C, X, Y, Z) float32: (whole-tumour probability
+    (X, Y, Z) float32, mask (X, Y, Z) bool, thresholded at the run's threshold and post-processed). The
+    mask's Dice is the one the fold's metrics.json holds."""
+    prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
+    return prob, plan_mask(prob, pred, own)
+
+
+def plan_mask(prob: Any, pred: Any, own: dict[str, Any]) -> Any:
+    """prob (X, Y, Z) float32 -> bool mask: the run's threshold, then the plan's post-processing."""
+    from brats2d.predict import postprocess
+
+    return postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))

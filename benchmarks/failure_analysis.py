@@ -37,10 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, held_out  # noqa: E402
+from common import crossval_args, crossval_plan, finish, held_out, plan_prediction  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.predict import postprocess  # noqa: E402
 from brats2d.slicing import with_mirror  # noqa: E402
 
 LABELS = ("core", "oedema", "enhancing")
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
     for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
-        prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
-        mask = postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+        mask = plan_prediction(pred, image, own)[1]
         rows.append({"patient": patient.case, "fold": i, **analyse(image[0], seg, mask, patient.et_label)})
     groups = {f"dice < {a.below:g}": [r for r in rows if r["dice"] < a.below],
               f"dice >= {a.below:g}": [r for r in rows if r["dice"] >= a.below]}

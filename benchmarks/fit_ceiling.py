@@ -31,10 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, fold_patients  # noqa: E402
+from common import crossval_args, crossval_plan, finish, fold_patients, plan_prediction  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.predict import postprocess  # noqa: E402
 
 SPLITS = {"test": "held out", "train": "trained on", "val": "validated on"}
 
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not scores or scores[-1][2] != i:  # ≈ 3 min per fold of 29 real patients on 2 cores: say where it is
             print(f"fold {i}: predicting its training, validation and held-out patients "
                   f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
-        mask = postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+        mask = plan_prediction(pred, image, own)[1]
         scores.append((patient.case, split, i, float(M.dice(M.confusion(mask, seg > 0)))))
     rows = per_patient(scores)
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "below": a.below, "predict": own},

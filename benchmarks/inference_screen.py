@@ -32,10 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, held_out  # noqa: E402
+from common import crossval_args, crossval_plan, finish, held_out, plan_prediction  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.predict import postprocess  # noqa: E402
 
 CLOSE_RADII = (1, 2, 3)
 HYSTERESIS = (0.2, 0.3)
@@ -101,17 +100,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
     for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
-        th, truth = pred.train_cfg.threshold, seg > 0
-
-        def cut(prob: np.ndarray) -> np.ndarray:
-            return postprocess(prob > th, int(own["min_size"]), bool(own["keep_largest"]))
-
-        prob = pred.volume(image, tta=bool(own["tta"]))[0][0]
-        mask = cut(prob)
+        truth = seg > 0
+        prob, mask = plan_prediction(pred, image, own)
         masks = {"recipe": mask, **morphology_variants(prob, mask)}
         if not a.no_adabn:
             with adapted_batchnorm(pred, image):
-                masks["adabn"] = cut(pred.volume(image, tta=bool(own["tta"]))[0][0])
+                masks["adabn"] = plan_prediction(pred, image, own)[1]
         rows.append({"patient": patient.case, "fold": i,
                      "dice": {k: float(M.dice(M.confusion(m, truth))) for k, m in masks.items()}})
     variants: dict[str, Any] = {}

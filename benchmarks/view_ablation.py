@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish, held_out  # noqa: E402
+from common import finish, held_out, plan_mask  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.crossval import PLAN, with_defaults  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.predict import postprocess  # noqa: E402
 from brats2d.slicing import region_masks  # noqa: E402
 
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dice = {}
         for name in subsets:
             p = np.mean([prob[v] for v in name.split("+")], axis=0)
-            mask = postprocess(p > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+            mask = plan_mask(p, pred, own)
             dice[name] = float(M.dice(M.confusion(mask, truth)))
         rows.append({"patient": patient.case, "fold": i, "dice": dice})
     summary = {}
