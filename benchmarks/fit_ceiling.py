@@ -13,10 +13,11 @@ threshold; the held-out Dice equals the fold's metrics.json), and per patient th
 * trained on: the mean over the folds that trained on it (its own labels were in the loss);
 * validated on: the mean over the folds that selected their checkpoint on it.
 
-The "trained on" column is a fit ceiling. A patient the recipe misses even when it trained on that patient's
-own labels is one no choice of training set or split can fix: the model cannot separate its tumour from
-normal brain with the input it gets. A patient it fits but misses when held out is a generalisation miss,
-which more training patients can close (README Step 20). The summary compares the three columns over the
+The "trained on" column is a fit ceiling for this recipe. A patient it misses even with that patient's own
+labels in the loss is one that more patients of the same kind are unlikely to fix: at the recipe's
+capacity and training length the model does not separate its tumour from normal brain in the input it
+gets. A patient it fits but misses when held out is a generalisation miss, which more training patients
+may close (README Step 20). The summary compares the three columns over the
 same patients (paired: trained on minus held out). An accuracy diagnostic, not a speed benchmark.
 """
 
