@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import crossval_args, crossval_plan, finish, fold_patients, plan_prediction  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.cvsummary import paired  # noqa: E402
+from brats2d.evaluate import _describe  # noqa: E402
 
 SPLITS = {"test": "held out", "train": "trained on", "val": "validated on"}
 
@@ -61,10 +62,10 @@ def per_patient(scores: list[tuple[str, str, int, float]]) -> list[dict[str, Any
 
 
 def describe(values: list[float], below: float) -> dict[str, Any]:
-    """mean, sd, median, worst and how many are below `below` of a list of Dice scores."""
-    v = np.asarray(values, np.float64)
-    return {"patients": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "median": float(np.median(v)), "worst": float(v.min()), "below": int((v < below).sum())}
+    """mean, sd, median, worst (evaluate's per-patient summary) and how many are below `below` of Dice scores."""
+    d = _describe(values)
+    return {"patients": len(values), "mean": d["mean"], "sd": d["sd"], "median": d["median"], "worst": d["min"],
+            "below": sum(v < below for v in values)}
 
 
 def summarise(rows: list[dict[str, Any]], below: float) -> dict[str, Any]:
