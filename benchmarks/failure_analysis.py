@@ -76,7 +76,7 @@ def analyse(image: np.ndarray, seg: np.ndarray, pred: np.ndarray, et_label: int)
 
     normal = brain & ~truth
     # Reflected about the brain's extent, as --mirror does: z is zeroed outside the brain and truth lies inside it.
-    mirrored = with_mirror(np.stack([brain, np.where(brain, z, 0.0), truth]).astype(np.float32))[3:]
+    mirrored = with_mirror(np.stack([brain, np.where(brain, z, 0.0), truth]).astype(np.float32), brain)[3:]
     paired_side = brain & (mirrored[0] > 0.5)  # the twin voxel is brain too
     z_m, truth_m = mirrored[1], mirrored[2]
     asym = z - z_m

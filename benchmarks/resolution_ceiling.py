@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import finish  # noqa: E402
 from brats2d import metrics as M  # noqa: E402
 from brats2d.crop import brain_box  # noqa: E402
+from brats2d.head import find_head  # noqa: E402
 from brats2d.inference import _resize_up  # noqa: E402
 from brats2d.nifti import discover, load_patient  # noqa: E402
 from brats2d.slicing import region_masks, resize_slices  # noqa: E402
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             truth = region_masks(seg, "wt", patient.et_label)[0]
             if not truth.any():
                 continue
-            box = brain_box(image)
+            box = brain_box(find_head(image).mask)
             for n, (size, crop) in zip(names, [(s, None) for s in sizes] + [(a.crop_size, box)]):
                 dice = float(M.dice(M.confusion(round_trip(truth, size, crop), truth)))
                 per[n].append({"patient": patient.case, "dice": dice, "crop_side": int(box[1] - box[0])})

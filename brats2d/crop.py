@@ -1,10 +1,10 @@
 """Cropping every axial slice of a patient to one square box around the head (nnU-Net's crop to non-zero).
 
-BraTS volumes are skull-stripped and 0 outside the head, whose bounding square is 155-184 of the 240
-pixels of the frame on the 34 real patients. Cropping to it before resizing to S x S spends the S x S
-pixels on the brain: tumours are drawn 1.3-1.5x larger, and at 96 x 96 a perfect model's 3D Dice ceiling
-rises from 0.956 to 0.967 (benchmarks/resolution_ceiling.py). The box is computed from the raw
-image alone, so `predict` finds the same box on an unseen scan as `preprocess` did.
+BraTS volumes are skull-stripped, and the head's bounding square is 155-184 of the 240 pixels of the
+frame on the 34 real patients. Cropping to it before resizing to S x S spends the S x S pixels on the
+brain (docs/experiments.md measures the gain). The box is computed from the head mask of the raw scan
+(brats2d.head.find_head), so `predict` finds the same box on an unseen scan as `preprocess` did,
+whatever the scan's background convention.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import numpy as np
 Box = tuple[int, int, int, int]  # x0, x1, y0, y1 in voxels, half-open
 
 
-def brain_box(image: np.ndarray) -> Box:
-    """Square box around the non-zero voxels of a raw volume (C, X, Y, Z), over every channel and slice.
+def brain_box(head: np.ndarray) -> Box:
+    """Square box around a head mask (X, Y, Z) bool, over every slice.
 
     Centred on the head's bounding box, its side the larger of the two extents (so resizing keeps the
-    aspect ratio), shifted to lie inside the frame and no larger than it. A volume with no non-zero
-    voxel gets the whole frame.
+    aspect ratio), shifted to lie inside the frame and no larger than it. An empty mask gets the whole
+    frame.
     """
-    b = np.asarray(image).any(axis=(0, 3))  # (X, Y) footprint of the head over all slices
+    b = np.asarray(head).any(axis=2)  # (X, Y) footprint of the head over all slices
     X, Y = b.shape
     if not b.any():
         return 0, X, 0, Y
@@ -32,12 +32,12 @@ def brain_box(image: np.ndarray) -> Box:
     return x0, x0 + int(side), y0, y0 + int(side)
 
 
-def box_for(image: np.ndarray, crop: str) -> Box:
-    """The box a `crop` setting ('none': the whole frame, 'brain': brain_box) selects in (C, X, Y, Z)."""
+def box_for(head: np.ndarray, crop: str) -> Box:
+    """The box a `crop` setting ('none': the whole frame, 'brain': brain_box) selects for a head mask (X, Y, Z)."""
     if crop == "none":
-        return 0, image.shape[1], 0, image.shape[2]
+        return 0, head.shape[0], 0, head.shape[1]
     if crop == "brain":
-        return brain_box(image)
+        return brain_box(head)
     raise ValueError(f"crop: unknown crop {crop!r}")
 
 

@@ -12,9 +12,10 @@ import torch
 from . import checkpoint
 from .augment import apply_batch, invert_one
 from .config import CHECKPOINTS, PreprocessConfig, TrainConfig, from_dict
-from .crop import box_for, paste
+from .crop import paste
 from .model import UNet, build_model
-from .slicing import normalize, resize_slices, with_context, with_mirror
+from .ood import Profile
+from .slicing import Prepared, prepare, resize_slices, with_context
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 from .views import VIEWS, from_view, to_view
 
@@ -37,6 +38,7 @@ class Predictor:
     precision: str
     run_dir: Path
     cache_path: str
+    profile: Profile | None = None  # the training scans' properties (brats2d.ood), None for older runs
 
     @property
     def model(self) -> UNet:
@@ -96,34 +98,36 @@ class Predictor:
         assert p is not None
         return p.div_(len(self.models)).cpu().numpy()
 
-    def volume(self, image: np.ndarray, normalized: bool = False, views: tuple[str, ...] | None = None,
-               **kw) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities (K, X, Y, Z) float32 for a raw volume (C, X, Y, Z), every slice.
+    def volume(self, image: np.ndarray, views: tuple[str, ...] | None = None, **kw
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (K, X, Y, Z) float32 for a raw scan (C, X, Y, Z), every slice.
 
-        Normalizes exactly as the cache did (the run's preprocess config; normalized=True: the caller
-        did, and adds the left-right reflection where the config has mirror), resizes slices to the
-        training size (after cropping to the same head box, crop 'brain'), predicts in batches and
-        resizes the probabilities back (bilinear; 0 outside the box). Slices that are exactly 0 in
-        every channel (outside the head: ~20 % of a BraTS volume) are not run through the model; their
-        probability (and uncertainty) is 0. With several planes in the preprocess config's `views`,
-        the model predicts along each plane and the probability (and uncertainty) volumes are averaged;
-        `views` overrides which planes (an ablation: e.g. ("axial",) for a multi-view run's axial view).
+        Shorthand for `volume_prepared(prepare(image, prep_cfg))`: the scan is normalized exactly as
+        the cache was (brats2d.slicing.prepare).
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
-        box = box_for(image, self.prep_cfg.crop)  # from the raw voxels, as preprocess found it
-        if not normalized:
-            image = np.stack([normalize(image[c], self.prep_cfg.norm, self.prep_cfg.percentile)
-                              for c in range(image.shape[0])])
-        if self.prep_cfg.mirror:
-            image = with_mirror(image)
+        return self.volume_prepared(prepare(image, self.prep_cfg), views, **kw)
+
+    def volume_prepared(self, prep: Prepared, views: tuple[str, ...] | None = None, **kw
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (K, X, Y, Z) float32 for a scan prepared as the cache was (brats2d.slicing.prepare).
+
+        Slices are resized to the training size (after cropping to the head box, crop 'brain'),
+        predicted in batches, and the probabilities resized back (bilinear; 0 outside the box). Slices
+        with no head voxel (~20 % of a BraTS volume) are not run through the model; their probability
+        (and uncertainty) is 0. With several planes in the preprocess config's `views`, the model
+        predicts along each plane and the probability (and uncertainty) volumes are averaged; `views`
+        overrides which planes (an ablation: e.g. ("axial",) for a multi-view run's axial view).
+        """
+        image, head, box = prep.image, prep.head.mask[None], prep.box
         shape = image.shape[1:]
         views = self.prep_cfg.views if views is None else tuple(views)
         if not views or any(v not in VIEWS for v in views):
             raise ValueError(f"views: need planes from {', '.join(VIEWS)}, got {views}")
         p, v = None, None
         for view in views:
-            pv, vv = self._plane(to_view(image, view), box if view == "axial" else None, **kw)
+            pv, vv = self._plane(to_view(image, view), to_view(head, view)[0], box if view == "axial" else None, **kw)
             pv = from_view(pv, view, shape)
             p = pv if p is None else p + pv
             if vv is not None:
@@ -133,12 +137,13 @@ class Predictor:
         n = np.float32(len(views))
         return np.ascontiguousarray(p / n), None if v is None else np.ascontiguousarray(v / n)
 
-    def _plane(self, image: np.ndarray, box: tuple[int, int, int, int] | None, **kw
+    def _plane(self, image: np.ndarray, head_mask: np.ndarray, box: tuple[int, int, int, int] | None, **kw
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (K, H, W, D) of the slices along the last axis of a normalized (C, H, W, D)
-        volume; `box` (x0, x1, y0, y1) is the part of each slice that is resized (None: all of it)."""
+        volume with head mask (H, W, D); `box` (x0, x1, y0, y1) is the part of each slice that is
+        resized (None: all of it)."""
         H, W, D = image.shape[1:]
-        head = np.flatnonzero(image.any(axis=(0, 1, 2)))  # slices with any signal
+        head = np.flatnonzero(head_mask.any(axis=(0, 1)))  # slices with any head voxel
         x0, x1, y0, y1 = box if box is not None else (0, H, 0, W)
         x = resize_slices(with_context(image[:, x0:x1, y0:y1], head, self.prep_cfg.context), self.prep_cfg.size)
         p, v = self.slices(x, **kw)  # (n, K, S, S)
@@ -177,7 +182,7 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
         keep_freed_memory()
     names = [{"best": "best_model.pth", "latest": "latest_checkpoint.pth"}[w] for w in which.split("+")]
     models: list[UNet] = []
-    first: tuple[TrainConfig, PreprocessConfig, dict, str] | None = None
+    first: tuple[TrainConfig, PreprocessConfig, dict, str, Profile | None] | None = None
     for run in runs:
         own: list[dict] = []  # this run's state dicts: best == latest when the best epoch was the last
         for name in names:
@@ -189,7 +194,9 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
             tcfg = from_dict(TrainConfig, ident["train"])
             pcfg = from_dict(PreprocessConfig, ident["cache"]["config"])
             if first is None:
-                first = (tcfg, pcfg, ident["model"], ident.get("cache_path", ""))
+                inputs = ident.get("inputs")
+                first = (tcfg, pcfg, ident["model"], ident.get("cache_path", ""),
+                         Profile.from_dict(inputs) if inputs else None)
             elif (pcfg, ident["model"]["out_channels"]) != (first[1], first[2]["out_channels"]):
                 raise ValueError(f"{run / name}: was trained on other preprocessing settings or regions than "
                                  f"{runs[0]} (an ensemble needs the same input and output)")
@@ -201,8 +208,8 @@ def load_predictor(run_dir: str | Path | list[str | Path], which: str = "best", 
                 model = model.to(memory_format=torch.channels_last)
             models.append(model)
     assert first is not None
-    tcfg, pcfg, _, cache_path = first
-    return Predictor(models, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), runs[0], cache_path)
+    tcfg, pcfg, _, cache_path, profile = first
+    return Predictor(models, tcfg, pcfg, dev, resolve_precision(dev, tcfg.precision), runs[0], cache_path, profile)
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

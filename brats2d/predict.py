@@ -13,7 +13,8 @@ import numpy as np
 from . import metrics as M
 from .inference import Predictor
 from .nifti import InputError, Patient, discover, load_patient, patient_from_folder
-from .slicing import region_masks
+from .ood import check
+from .slicing import prepare, region_masks
 
 
 def postprocess(mask: np.ndarray, min_size: int = 0, keep_largest: bool = False) -> np.ndarray:
@@ -60,12 +61,14 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
                  min_size: int = 0, keep_largest: bool = False) -> dict[str, Any]:
     """Predict one patient folder; write OUT/<case>_pred.nii.gz (and extras) when `out` is given.
 
-    Returns {patient, seconds, regions: {region: {dice, hd95, tumour_voxels, pred_voxels}}}; the
-    metric entries appear only when the folder has a seg.
+    Returns {patient, seconds, ood, regions: {region: {dice, hd95, tumour_voxels, pred_voxels}}}; the
+    metric entries appear only when the folder has a seg; `ood` lists the scan's properties that lie far
+    outside the run's training scans (brats2d.ood.check; empty when none, or for runs without a profile).
     """
     t0 = time.perf_counter()
     patient, image, seg, spacing = _load(pred, folder)
-    prob, var = pred.volume(image, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
+    prep = prepare(image, pred.prep_cfg, spacing, [str(patient.files[m]) for m in pred.prep_cfg.modalities])
+    prob, var = pred.volume_prepared(prep, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
     masks = np.stack([postprocess(p > threshold, min_size, keep_largest) for p in prob])
     if out is not None:
         out = Path(out)
@@ -79,7 +82,8 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
         if var is not None:
             _save_nifti(np.moveaxis(var, 0, -1).squeeze(-1).astype(np.float32) if len(var) == 1
                         else np.moveaxis(var, 0, -1).astype(np.float32), ref, out / f"{patient.case}_uncertainty.nii.gz")
-    row = {"patient": patient.case, "regions": _scores(pred, patient, masks, seg, spacing)}
+    row = {"patient": patient.case, "ood": check(prep.stats, pred.profile),
+           "regions": _scores(pred, patient, masks, seg, spacing)}
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
 
@@ -152,10 +156,10 @@ def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, **kw: An
         tmp = out / ".metrics.csv.tmp"
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["patient", "region", "dice", "hd95_mm", "tumour_voxels", "pred_voxels", "seconds"])
+            w.writerow(["patient", "region", "dice", "hd95_mm", "tumour_voxels", "pred_voxels", "seconds", "ood"])
             for r in scored:
                 for region, v in r["regions"].items():
                     w.writerow([r["patient"], region, f"{v['dice']:.4f}", f"{v['hd95']:.2f}", v["tumour_voxels"],
-                                v["pred_voxels"], r["seconds"]])
+                                v["pred_voxels"], r["seconds"], "; ".join(r.get("ood", []))])
         os.replace(tmp, out / "metrics.csv")
     return rows, errors

@@ -18,9 +18,9 @@ import numpy as np
 
 from . import cache
 from .config import PreprocessConfig, to_dict
-from .crop import box_for
 from .nifti import InputError, Patient, discover, load_patient
-from .slicing import normalize, region_masks, resize_slices, with_context, with_mirror
+from .ood import ScanStats
+from .slicing import prepare, region_masks, resize_slices, with_context
 from .splits import load_splits, save_splits, split_patients
 from .views import VIEWS, to_view
 
@@ -39,6 +39,7 @@ class PatientSlices:
     spacing: tuple[float, float, float]  # mm of one cached pixel (x, y) and slice (z)
     box: tuple[int, int, int, int]  # x0, x1, y0, y1: the part of each raw slice that was resized (crop)
     views: dict[str, int] = field(default_factory=dict)  # slices per plane, in the order stored (axial first)
+    stats: ScanStats | None = None  # what the raw scan looks like (brats2d.ood), recorded for predict's check
 
 
 def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, ...] = ("axial",)) -> PatientSlices:
@@ -47,26 +48,23 @@ def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, .
     Axial slices first, then those of each further plane in `views` (cfg.views for training patients:
     brats2d/views.py); `slices` holds each slice's index along its own plane's axis.
     """
-    image, seg, _, spacing = load_patient(patient, cfg.modalities, left_right=cfg.mirror)
+    raw, seg, _, spacing = load_patient(patient, cfg.modalities, left_right=cfg.mirror)
     assert seg is not None
     masks = region_masks(seg, cfg.region, patient.et_label)
     if not masks[0].any():
         raise InputError(f"{patient.files['seg']}: no tumour voxels for region {cfg.region!r}; patient skipped")
-    x0, x1, y0, y1 = box_for(image, cfg.crop)  # from the raw voxels, as predict finds it
-    for c, m in enumerate(cfg.modalities):
-        image[c] = normalize(image[c], cfg.norm, cfg.percentile, name=str(patient.files[m]))
-    if cfg.mirror:
-        image = with_mirror(image)  # before the crop: the reflection needs the whole brain
-    image, masks = image[:, x0:x1, y0:y1], masks[:, x0:x1, y0:y1]
+    prep = prepare(raw, cfg, spacing, [str(patient.files[m]) for m in cfg.modalities])
+    x0, x1, y0, y1 = prep.box
+    image, masks, head = prep.image[:, x0:x1, y0:y1], masks[:, x0:x1, y0:y1], prep.head.mask[x0:x1, y0:y1]
     planes = [v for v in VIEWS if v in views]  # axial first, whatever order `views` lists them in
     xs, ys, zs = [], [], []
     for k, view in enumerate(planes):
         im, ms = to_view(image, view), to_view(masks, view)
+        hd = to_view(head[None], view)[0]
         has_tumour = ms[0].any(axis=(0, 1))  # (D,): slice has region (WT for "all")
         keep = np.flatnonzero(has_tumour)
         if cfg.empty_slices > 0:
-            brain = (im != 0).any(axis=(0, 1, 2))
-            empty = np.flatnonzero(brain & ~has_tumour)
+            empty = np.flatnonzero(hd.any(axis=(0, 1)) & ~has_tumour)
             # The axial draw keeps its seed of before views existed, so axial-only caches are unchanged.
             rng = np.random.default_rng([cfg.seed, zlib.crc32(patient.case.encode())] + ([k] if k else []))
             n = int(round(cfg.empty_slices * len(empty)))
@@ -78,7 +76,7 @@ def process_patient(patient: Patient, cfg: PreprocessConfig, views: tuple[str, .
     return PatientSlices(
         case=patient.case, images=np.concatenate(xs), masks=np.concatenate(ys), slices=np.concatenate(zs),
         shape=seg.shape, box=(x0, x1, y0, y1), spacing=(sx * (x1 - x0) / cfg.size, sy * (y1 - y0) / cfg.size, sz),
-        views={v: len(z) for v, z in zip(planes, zs)})
+        views={v: len(z) for v, z in zip(planes, zs)}, stats=prep.stats)
 
 
 def _work(args: tuple[Patient, PreprocessConfig, tuple[str, ...]]) -> PatientSlices | str:
@@ -125,7 +123,7 @@ def default_workers() -> int:
 def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, workers: int = 0,
                splits_file: str | Path | None = None, force: bool = False, strict: bool = False,
                on_patient: Callable[[str], None] | None = None) -> Summary:
-    """Build the cache `out` from the BraTS folder `raw`. See the module and README for the layout.
+    """Build the cache `out` from the BraTS folder `raw`. See the module and docs/cache-format.md for the layout.
 
     Bad patients are skipped with a reason (or abort everything with `strict`); the cache appears at
     `out` only when complete. A second preprocess to the same `out` while this one runs is refused
@@ -180,7 +178,8 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
                     st["slices"] += len(res.slices)
                     st["tumour_pixels"] += int(res.masks[:, 0].sum())
                     info[p.case] = {"split": split, "shape": list(res.shape), "spacing": list(res.spacing),
-                                    "box": list(res.box), "n_slices": len(res.slices), "views": res.views}
+                                    "box": list(res.box), "n_slices": len(res.slices), "views": res.views,
+                                    "scan": res.stats.to_dict() if res.stats else None}
                 if on_patient:
                     on_patient(p.case)
             if not info:

@@ -104,8 +104,10 @@ class RunDir:
             raise RunError(f"{latest}: was trained by {was} process(es) (torchrun world size) but this run has "
                            f"{now}; resume with the same number of processes (--nnodes x --nproc_per_node), "
                            f"or use --restart or another --run-dir")
-        # The cache may move; its content (checksums) and settings are what must match.
-        changes = diff(_flatten({**old, "cache_path": None}), _flatten({**ident, "cache_path": None}))
+        # The cache may move; its content (checksums) and settings are what must match. The input profile
+        # is derived from that content (and absent from checkpoints written before it existed).
+        changes = diff(_flatten({**old, "cache_path": None, "inputs": None}),
+                       _flatten({**ident, "cache_path": None, "inputs": None}))
         if changes:
             raise RunError(f"{latest}: was trained with other settings or another cache; use --restart or "
                            f"another --run-dir. Differences (checkpoint -> now):\n  " + "\n  ".join(changes))

@@ -4,9 +4,15 @@ Predict must feed the model exactly what preprocess cached, so both call these s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .config import NORMS, PreprocessConfig
+from .crop import Box, box_for
+from .head import Head, find_head
 from .nifti import InputError
+from .ood import ScanStats
 
 
 def region_masks(seg: np.ndarray, region: str, et_label: int = 4) -> np.ndarray:
@@ -17,50 +23,58 @@ def region_masks(seg: np.ndarray, region: str, et_label: int = 4) -> np.ndarray:
     return np.stack({"wt": [wt], "tc": [tc], "et": [et], "all": [wt, tc, et]}[region])
 
 
-def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0.5, 99.5), name: str = "volume") -> np.ndarray:
-    """Scale one modality volume (X, Y, Z) float32: to [0, 1] (minmax, percentile) or to brain z-scores.
+def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0.5, 99.5), name: str = "volume",
+              tissue: np.ndarray | None = None) -> np.ndarray:
+    """Scale one modality volume (X, Y, Z) to float32: to [0, 1] (minmax, percentile) or to z-scores.
 
-    minmax: (v - min) / (max - min) over the whole volume (the seed's way).
-    percentile: clip to the given percentiles of brain voxels (v != 0; BraTS background is exactly 0)
-    and scale, leaving background at 0 -- robust to the single-voxel outliers some sites have.
-    zscore: (v - mean) / sd of brain voxels, background 0 (nnU-Net's MRI scheme): the normal brain,
-    not the brightest tumour, sets the scale, so patients' tumours line up better (README "Results").
-    Unbounded, so the gamma/brightness augmentation (which needs [0, 1]) refuses such a cache.
+    Statistics come from the head's tissue voxels only (`tissue`, (X, Y, Z) bool: brats2d.head.Head.tissue,
+    found from `vol` alone when not given) and everything else becomes 0, so the result does not depend
+    on how the scan stores its background (docs/inputs.md):
+    minmax: (v - min) / (max - min) over the head (the seed's per-volume min-max); a head of one
+    intensity (e.g. a mask stored as a scan) becomes 1.
+    percentile: clip to the given percentiles of the head and scale to [0, 1] -- robust to the
+    single-voxel outliers some sites have.
+    zscore: (v - mean) / sd over the head (nnU-Net's MRI scheme): the normal brain, not the brightest
+    tumour, sets the scale (docs/experiments.md). Unbounded, so the gamma/brightness augmentation (which
+    needs [0, 1]) refuses such a cache.
+    Each is invariant to a positive linear rescale, an offset and a change of dtype of the scan.
     """
-    if method == "minmax":
-        lo, hi = float(vol.min()), float(vol.max())
-        if hi <= lo:
-            raise InputError(f"{name}: constant volume (every voxel is {lo:g})")
-        return (vol - lo) * np.float32(1.0 / (hi - lo))
-    brain = vol != 0
-    if not brain.any():
-        raise InputError(f"{name}: constant volume (every voxel is 0)")
+    if method not in NORMS:
+        raise ValueError(f"normalize: unknown method {method!r} (choose from {', '.join(NORMS)})")
+    if tissue is None:
+        tissue = find_head(vol[None]).tissue
+    if not tissue.any():
+        raise InputError(f"{name}: no head found (the whole volume is one background level)")
+    v = vol[tissue]
     if method == "zscore":
-        v = vol[brain].astype(np.float64)
-        mean, sd = float(v.mean()), float(v.std())
+        v64 = v.astype(np.float64)
+        mean, sd = float(v64.mean()), float(v64.std())
         if sd <= 0:
-            raise InputError(f"{name}: constant volume inside the brain ({mean:g})")
+            raise InputError(f"{name}: constant volume inside the head ({mean:g})")
         out = (vol - np.float32(mean)) * np.float32(1.0 / sd)
-        out[~brain] = 0.0
-        return out
-    lo, hi = np.percentile(vol[brain], percentile)
-    if hi <= lo:
-        raise InputError(f"{name}: constant volume inside the brain ({lo:g})")
-    out = (np.clip(vol, lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    out[~brain] = 0.0
+    else:
+        lo, hi = (float(v.min()), float(v.max())) if method == "minmax" else np.percentile(v, percentile)
+        if hi <= lo and method == "minmax":
+            return tissue.astype(np.float32)
+        if hi <= lo:
+            raise InputError(f"{name}: constant volume inside the head ({lo:g})")
+        src = vol if method == "minmax" else np.clip(vol, lo, hi)
+        out = (src - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    out = out.astype(np.float32, copy=False)
+    out[~tissue] = 0.0
     return out
 
 
-def with_mirror(image: np.ndarray) -> np.ndarray:
-    """(C, X, Y, Z) -> (2C, X, Y, Z): the channels, then each reflected along X about the brain's centre.
+def with_mirror(image: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """(C, X, Y, Z) -> (2C, X, Y, Z): the channels, then each reflected along X about the head's centre.
 
-    The brain is where any channel is non-zero (BraTS background is exactly 0); its extent x0..x1
-    along X is reflected onto itself (x -> x0 + x1 - x), zero elsewhere. BraTS volumes are registered
-    to an atlas with X left-right, so a voxel then sits beside its contralateral twin: a tumour that
-    is no brighter than normal brain on FLAIR may still be brighter than the same place on the other
-    side (symmetry-driven segmentation, e.g. Shen et al. 2017; README Step 21 measures it).
+    The head's extent x0..x1 along X (`head`, (X, Y, Z) bool) is reflected onto itself
+    (x -> x0 + x1 - x), zero elsewhere. BraTS volumes are registered to an atlas with X left-right, so a
+    voxel then sits beside its contralateral twin: a tumour that is no brighter than normal brain on
+    FLAIR may still be brighter than the same place on the other side (symmetry-driven segmentation,
+    e.g. Shen et al. 2017; docs/experiments.md measures it).
     """
-    xs = np.flatnonzero((image != 0).any(axis=(0, 2, 3)))
+    xs = np.flatnonzero(head.any(axis=(1, 2)))
     out = np.zeros_like(image)
     if xs.size:
         x0, x1 = int(xs[0]), int(xs[-1]) + 1
@@ -97,3 +111,36 @@ def with_context(image: np.ndarray, z: np.ndarray, context: int) -> np.ndarray:
     idx = np.clip(np.asarray(z)[:, None] + np.arange(-context, context + 1), 0, image.shape[-1] - 1)  # (n, 2k+1)
     x = image[..., idx]  # (C, X, Y, n, 2k+1)
     return np.ascontiguousarray(x.transpose(3, 0, 4, 1, 2)).reshape(len(idx), -1, *image.shape[1:3])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A patient's scan as the model's preprocessing sees it (built by `prepare`).
+
+    image: (C', X, Y, Z) float32, each modality normalized, then (mirror) each reflected; head: where the
+    head is (brats2d.head.Head); box: x0, x1, y0, y1, the part of each axial slice that is resized (crop);
+    stats: what the scan looks like (brats2d.ood.ScanStats), for the out-of-distribution check.
+    """
+
+    image: np.ndarray
+    head: Head
+    box: Box
+    stats: ScanStats
+
+
+def prepare(image: np.ndarray, cfg: PreprocessConfig, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+            names: list[str] | None = None) -> Prepared:
+    """Normalize a raw scan (C, X, Y, Z) exactly as preprocess does for the cache; predict calls it too.
+
+    The head is found once, jointly over the modalities, and every later step (normalization statistics,
+    crop box, mirror) uses it. `names` label the channels in error messages (file names); `spacing` is
+    the scan's mm per voxel, recorded in the stats.
+    """
+    head = find_head(image)
+    names = names or [f"channel {c}" for c in range(image.shape[0])]
+    out = np.stack([normalize(image[c], cfg.norm, cfg.percentile, name=names[c], tissue=head.tissue)
+                    for c in range(image.shape[0])])
+    stats = ScanStats.measure(image, out, head, spacing)
+    if cfg.mirror:
+        out = with_mirror(out, head.mask)
+    return Prepared(out, head, box_for(head.mask, cfg.crop), stats)

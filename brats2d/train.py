@@ -28,6 +28,7 @@ from .config import ConfigError, TrainConfig
 from .dataset import EpochPlan, SliceCache, iterate
 from .losses import make_loss
 from .model import build_model
+from .ood import Profile, ScanStats
 from .rundir import RunDir, TrainingStopped
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
@@ -76,7 +77,19 @@ def run_identity(s: dict[str, Any], cfg: TrainConfig, world_size: int = 1) -> di
     m = s["meta"]
     return {"train": cfgmod.to_dict(cfg), "cache": {"config": m.config, "counts": m.counts,
             "checksums": m.checksums}, "model": {"in_channels": m.image_shape[0], "out_channels": m.mask_channels},
-            "world_size": world_size, "cache_path": str(Path(m.path).resolve())}
+            "world_size": world_size, "cache_path": str(Path(m.path).resolve()), "inputs": input_profile(m)}
+
+
+def input_profile(meta: cache.CacheMeta) -> dict[str, Any] | None:
+    """The range of the training patients' scan properties (brats2d.ood.Profile as a dict), which predict
+    compares new scans with; None for a cache written before they were recorded."""
+    try:
+        stats = [ScanStats.from_dict(meta.patients[c]["scan"]) for c in meta.splits.get("train", [])
+                 if (meta.patients.get(c) or {}).get("scan")]
+    except (KeyError, TypeError):  # recorded by another version of ScanStats: no profile rather than a wrong one
+        return None
+    profile = Profile.of(stats)
+    return None if profile is None else profile.to_dict()
 
 
 def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ def eval_tables(result: dict[str, Any]) -> None:
 
 def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> None:
     c = console()
-    t = Table(title=f"predictions in {out}")
+    t = Table(title=f"predictions in {out} (research software, not for clinical use)")
     for col in ("patient", "region", "Dice", "HD95 mm", "pred voxels", "seconds"):
         t.add_column(col, justify="left" if col in ("patient", "region") else "right")
     for r in rows:
@@ -96,6 +96,10 @@ def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> No
             t.add_row(r["patient"], region, _fmt(v["dice"]) if "dice" in v else "-",
                       _fmt(v["hd95"]) if "hd95" in v else "-", str(v["pred_voxels"]), f"{r['seconds']:.2f}")
     c.print(t)
+    for r in rows:
+        if r.get("ood"):
+            c.print(f"[yellow]warning:[/] {r['patient']} looks unlike the run's training scans: "
+                    + "; ".join(r["ood"]) + " (check its mask; docs/inputs.md)", highlight=False)
     for e in errors:
         c.print(f"[red]skipped:[/] {e}", highlight=False)
 

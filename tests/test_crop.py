@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from brats2d import cache
 from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
 from brats2d.crop import box_for, brain_box, paste
+from brats2d.head import find_head
 from brats2d.inference import Predictor
 from brats2d.preprocess import preprocess
 from brats2d.slicing import normalize, resize_slices
@@ -29,7 +30,7 @@ def test_brain_box_is_the_centred_square_around_the_head() -> None:
         x0, y0 = rng.integers(0, X - 4), rng.integers(0, Y - 4)
         x1, y1 = rng.integers(x0 + 1, X + 1), rng.integers(y0 + 1, Y + 1)
         vol[1, x0:x1, y0:y1, rng.integers(5)] = 3.0  # the head may show in any channel and slice
-        b = brain_box(vol)
+        b = brain_box(vol.any(axis=0))
         side = b[1] - b[0]
         assert b[3] - b[2] == side == min(max(x1 - x0, y1 - y0), X, Y)  # square, as tight as it can be
         assert 0 <= b[0] and b[1] <= X and 0 <= b[2] and b[3] <= Y  # inside the frame
@@ -38,7 +39,7 @@ def test_brain_box_is_the_centred_square_around_the_head() -> None:
         if b[0] > 0 and b[1] < X:  # not pushed by the frame's edge: centred to within half a voxel
             assert abs((b[0] + b[1]) - (x0 + x1)) <= 1
     empty = np.zeros((1, 30, 20, 4), np.float32)
-    assert brain_box(empty) == (0, 30, 0, 20) == box_for(np.ones_like(empty), "none")
+    assert brain_box(empty[0] != 0) == (0, 30, 0, 20) == box_for(np.ones(empty.shape[1:], bool), "none")
     a = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
     out = paste(a, (1, 3, 2, 4), (5, 6))
     assert out.shape == (2, 5, 6) and out.sum() == a.sum() and (out[:, 1:3, 2:4] == a).all()
@@ -57,7 +58,7 @@ def test_cache_holds_the_head_box_resized(raw_dir: Path, tiny_cache: Path, tmp_p
     for case in sorted(set(pats)):
         flair = np.asarray(nib.load(str(raw_dir / case / f"{case}_flair.nii.gz")).dataobj, np.float32)
         seg = np.asarray(nib.load(str(raw_dir / case / f"{case}_seg.nii.gz")).dataobj)
-        x0, x1, y0, y1 = box = brain_box(flair[None])
+        x0, x1, y0, y1 = box = brain_box(find_head(flair[None]).mask)
         info = meta.patients[case]
         assert tuple(info["box"]) == box and info["shape"] == list(flair.shape)
         assert info["spacing"][0] == pytest.approx(seed_meta.patients[case]["spacing"][0] * (x1 - x0) / flair.shape[0])

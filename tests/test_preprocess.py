@@ -244,7 +244,7 @@ def test_mirror_reflects_each_channel_about_the_brain_centre(raw_copy: Path, tin
 
     vol = np.zeros((2, 10, 3, 2), np.float32)
     vol[:, 3:8] = np.arange(3, 8, dtype=np.float32)[None, :, None, None] + np.array([0, 100])[:, None, None, None]
-    out = with_mirror(vol)
+    out = with_mirror(vol, (vol != 0).any(axis=0))
     assert out.shape == (4, 10, 3, 2)
     np.testing.assert_array_equal(out[:2], vol)  # the channels themselves come first, untouched
     # The brain spans x 3..7 (centre 5, off the frame's centre 4.5): x -> 10 - x inside it, 0 outside.
@@ -297,7 +297,7 @@ def test_zscore_uses_brain_voxels_only_and_keeps_background_zero(raw_dir: Path, 
     assert abs(out[brain].mean()) < 1e-5 and abs(out[brain].std() - 1) < 1e-5 and not out[~brain].any()
     # Scale-free: a site that stores 20x the values gives the same input.
     np.testing.assert_allclose(normalize(vol * 20, "zscore"), out, atol=1e-5)
-    with pytest.raises(InputError, match="constant volume inside the brain"):
+    with pytest.raises(InputError, match="constant volume inside the head"):
         normalize(np.where(brain, np.float32(7), np.float32(0)), "zscore", name="x.nii.gz")
     out_cache = tmp_path / "z.h5"
     preprocess(raw_dir, out_cache, PreprocessConfig(size=SIZE, norm="zscore"), workers=1)

@@ -15,7 +15,8 @@ from brats2d.config import ConfigError, PreprocessConfig, TrainConfig
 from brats2d.inference import Predictor
 from brats2d.predict import predict
 from brats2d.preprocess import preprocess
-from brats2d.slicing import resize_slices
+from brats2d.head import Head
+from brats2d.slicing import Prepared, resize_slices
 from brats2d.views import VIEWS, from_view, to_view
 
 from .conftest import SIZE, bench_script, make_tree
@@ -92,6 +93,8 @@ def test_fused_prediction_averages_the_planes_and_finds_the_tumour(tmp_path: Pat
     x in axial and coronal slices and y in sagittal ones, so the fused volume is (2x + y) / 3 (scaled).
     An identity model then finds a mask-as-FLAIR tumour through the real resize path."""
     vol = np.ones((1, 16, 16, 10), np.float32)
+    every = np.ones(vol.shape[1:], bool)
+    whole = Prepared(vol, Head(every, every, (0.0,), (0.0,)), (0, 16, 0, 16), None)  # type: ignore[arg-type]
 
     class Rows(Predictor):
         def slices(self, x: np.ndarray, **kw: object) -> tuple[np.ndarray, None]:
@@ -101,14 +104,14 @@ def test_fused_prediction_averages_the_planes_and_finds_the_tumour(tmp_path: Pat
     x, y = np.meshgrid(np.arange(16) / 15, np.arange(16) / 15, indexing="ij")
     for views, expected in ((("axial",), x), (VIEWS, (2 * x + y) / 3), (("axial", "sagittal"), (x + y) / 2)):
         pred = Rows([], TrainConfig(), PreprocessConfig(size=16, views=views), torch.device("cpu"), "fp32", tmp_path, "")
-        p, _ = pred.volume(vol, normalized=True)
+        p, _ = pred.volume_prepared(whole)
         assert p.shape == (1, 16, 16, 10)
         np.testing.assert_allclose(p[0], np.repeat(expected[..., None], 10, axis=-1), atol=1e-6, err_msg=str(views))
     # a multi-view run predicts along fewer planes when asked (the plane ablation)
-    p, _ = pred.volume(vol, normalized=True, views=("sagittal",))
+    p, _ = pred.volume_prepared(whole, views=("sagittal",))
     np.testing.assert_allclose(p[0], np.repeat(y[..., None], 10, axis=-1), atol=1e-6)
     with pytest.raises(ValueError, match="views: need planes"):
-        pred.volume(vol, normalized=True, views=("oblique",))
+        pred.volume_prepared(whole, views=("oblique",))
 
     raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
     _mask_as_flair(raw)
