@@ -17,7 +17,7 @@ The "trained on" column is a fit ceiling for this recipe. A patient it misses ev
 labels in the loss is one that more patients of the same kind are unlikely to fix: at the recipe's
 capacity and training length the model does not separate its tumour from normal brain in the input it
 gets. A patient it fits but misses when held out is a generalisation miss, which more training patients
-may close (README Step 20). The summary compares the three columns over the
+may close (docs/experiments.md, Step 20). The summary compares the three columns over the
 same patients (paired: trained on minus held out). An accuracy diagnostic, not a speed benchmark.
 """
 

@@ -49,7 +49,7 @@ class PreprocessConfig:
     empty_slices: float = 0.0  # fraction of tumour-free brain slices also kept (seeded)
     norm: str = "minmax"
     percentile: tuple[float, float] = (0.5, 99.5)  # used by norm="percentile", over brain voxels
-    dtype: str = "float16"  # image storage; see README "Cache format" for the measurement
+    dtype: str = "float16"  # image storage; see docs/cache-format.md for the measurement
     context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
     crop: str = "none"  # brain: resize a square box around the head instead of the whole frame
     views: tuple[str, ...] = ("axial",)  # planes the train split's slices come from; predict fuses them (brats2d/views.py)
@@ -124,7 +124,7 @@ class TrainConfig:
     dropout: float = 0.0
     norm_layer: str = "batch"  # batch (the seed) | instance (nnU-Net's) | group
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16, AMP (fp16) on CUDA
-    channels_last: bool = True  # measured 1.4x faster on CPU (benchmarks/bench_train.py)
+    channels_last: bool = True  # faster on CPU: docs/speed.md (benchmarks/bench_train.py)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only; torch has no CPU kernel)
     threads: int = 0  # 0: all cores
     checkpoint_every: int = 200  # steps, mid-epoch

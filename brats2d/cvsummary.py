@@ -1,6 +1,6 @@
 """A cross-validation folder's results: the finished folds collected into ``OUT/cv_summary.json``
 (per fold, per patient and overall whole-volume metrics, and the post-processing grid's paired
-comparisons), and the paired per-patient statistic every ablation in the README is judged by."""
+comparisons), and the paired per-patient statistic every ablation in docs/experiments.md is judged by."""
 
 from __future__ import annotations
 

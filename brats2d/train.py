@@ -213,7 +213,7 @@ def _save_point(d: distributed.Dist, run: RunDir, s: dict[str, Any], cfg: TrainC
 def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, device: str = "auto",
           num_workers: int = 0, restart: bool = False, log: Callable[[str], None] = print,
           progress: Any = None) -> list[dict[str, Any]]:
-    """Train (or resume) a run; returns the per-epoch history. See README "Training".
+    """Train (or resume) a run; returns the per-epoch history. See docs/pipeline.md, "Training".
 
     Under torchrun (RANK, WORLD_SIZE, ... set) every process calls this and gets the same history;
     `log` and `progress` are used on rank 0 only.

@@ -136,7 +136,7 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
 @click.option("--strict", is_flag=True, help="any bad patient is fatal (no cache written)")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="preset settings (explicit options still win); see README Results")
+              help="preset settings (explicit options still win); see docs/crossval.md")
 def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, splits_file: str | None,
                recipe: str | None, **kw: Any) -> None:
     """Turn a raw BraTS folder into the HDF5 slice cache."""
@@ -162,7 +162,7 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="start over instead of resuming")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="preset settings (explicit options still win); see README Results")
+              help="preset settings (explicit options still win); see docs/crossval.md")
 @config_options(TrainConfig)
 def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool, recipe: str | None, **kw: Any) -> None:
     """Train a U-Net from a cache (resumes automatically from the run folder)."""

@@ -173,7 +173,7 @@ def test_cli_one_fold_excludes_seed_test(raw_dir: Path, tmp_path: Path) -> None:
 
 
 def test_folds_run_side_by_side_into_one_folder(raw_dir: Path, tmp_path: Path) -> None:
-    """Two `--fold` processes at once into the same --out (README: folds side by side): both finish, and a
+    """Two `--fold` processes at once into the same --out (docs/crossval.md: folds side by side): both finish, and a
     plain re-run finds every fold done and trains nothing."""
     out = tmp_path / "cv"
     cmd = [sys.executable, "-m", "brats2d", "crossval", str(raw_dir), "--out", str(out), "--folds", "2", *CLI_TINY]
