@@ -17,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
-import fcntl
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from . import checkpoint
+from .files import LockBusy, atomic_write, file_lock, write_text
 from .config import PreprocessConfig, TrainConfig, diff, with_defaults
 
 LATEST, BEST = "latest_checkpoint.pth", "best_model.pth"
@@ -62,18 +61,12 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Exclusive use of the folder; a second trainer is refused with the holder's pid."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise RunError(f"{self.path}: run folder in use by another brats2d process (pid {holder})") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+                held.enter_context(file_lock(self.path / ".lock"))
+            except LockBusy as e:
+                raise RunError(f"{self.path}: run folder in use by another brats2d process (pid {e.holder})") from None
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     def log(self, msg: str) -> None:
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
@@ -164,14 +157,10 @@ class RunDir:
         self.log(msg)
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path / name)
+        write_text(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
     def _write_history(self, history: list[dict[str, Any]]) -> None:
-        tmp = self.path / ".history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path / "history.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
-        os.replace(tmp, self.path / "history.csv")
