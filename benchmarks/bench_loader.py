@@ -45,7 +45,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,13 +53,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
-from brats2d import cache  # noqa: E402
-from brats2d.augment import apply_batch  # noqa: E402
-from brats2d.dataset import EpochPlan, SliceCache, iterate  # noqa: E402
-from brats2d.device import cpu_supports_bf16, resolve_precision  # noqa: E402
+from brats2d import cache
+from brats2d.augment import apply_batch
+from brats2d.dataset import EpochPlan, SliceCache, iterate
+from brats2d.device import cpu_supports_bf16, resolve_precision
+
+from common import finish
 
 SIZE, BLOCK = 96, 1024
 ROWS = ("numpy-bound", "brats2d", "brats2d-torchthreads", "brats2d-2workers", "h5py-per-slice", "nifti-decode",

@@ -24,7 +24,6 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,12 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
-from brats2d.model import build_model  # noqa: E402
-from brats2d.config import TrainConfig  # noqa: E402
-from brats2d.device import cpu_supports_bf16, keep_freed_memory, resolve_precision  # noqa: E402
+from brats2d.model import build_model
+from brats2d.config import TrainConfig
+from brats2d.device import cpu_supports_bf16, keep_freed_memory, resolve_precision
+
+from common import finish
 
 SIZE, BASE, DEPTH = 96, 32, 4
 

@@ -3,7 +3,7 @@
 BraTS volumes are skull-stripped and 0 outside the head, whose bounding square is 155-184 of the 240
 pixels of the frame on the 34 real patients. Cropping to it before resizing to S x S spends the S x S
 pixels on the brain: tumours are drawn 1.3-1.5x larger, and at 96 x 96 a perfect model's 3D Dice ceiling
-rises from 0.956 to 0.967 (benchmarks/resolution_ceiling.py). The box is computed from the raw
+rises from 0.956 to 0.967 (experiments/resolution_ceiling.py). The box is computed from the raw
 image alone, so `predict` finds the same box on an unseen scan as `preprocess` did.
 """
 
