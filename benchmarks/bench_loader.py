@@ -189,14 +189,14 @@ def step_ms(cache_path: str, batch: int, precision: str, warmup: int, steps: int
     from brats2d.train import setup, train_step
 
     cfg = TrainConfig(batch_size=batch, precision=precision)
-    s = setup(cache_path, cfg, "cpu")
-    plan = EpochPlan.make(len(s["train"]), batch, cfg.seed, 0)
-    data = [s["train"].gather(*plan.batch(b % len(plan))) for b in range(warmup + steps)]
+    tr = setup(cache_path, cfg, "cpu")
+    plan = EpochPlan.make(len(tr.train), batch, cfg.seed, 0)
+    data = [tr.train.gather(*plan.batch(b % len(plan))) for b in range(warmup + steps)]
     for x, y in data[:warmup]:
-        train_step(s, cfg, x, y).item()
+        train_step(tr, cfg, x, y).item()
     t0 = time.perf_counter()
     for x, y in data[warmup:]:
-        loss = train_step(s, cfg, x, y)
+        loss = train_step(tr, cfg, x, y)
     loss.item()
     return (time.perf_counter() - t0) / steps * 1000
 
