@@ -1,11 +1,27 @@
-"""What every benchmark script does at the end: total time, the printed table, the JSON file."""
+"""What every benchmark script shares: torch's thread count for a block, and the end (total time, the
+printed table, the JSON file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block (n = 0: leave torch's setting), restored afterwards."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]], None],
