@@ -29,7 +29,6 @@ accuracy diagnostic, not a speed benchmark: no timings. Needs the raw folder the
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

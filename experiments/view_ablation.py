@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import numpy as np
