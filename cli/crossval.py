@@ -105,10 +105,10 @@ def crossval_ensemble(raw: str, outs: tuple[str, ...], device: str, json_path: s
     """
     from .display import ensemble_table
     from brats2d.files import write_json
-    from brats2d.cv.ensemble import ensemble
+    from brats2d.cv.ensemble import ensemble, ensemble_json_path
 
     res = ensemble(raw, list(outs), device=device, log=click.echo)
-    path = Path(json_path) if json_path else Path(outs[0]) / f"ensemble-with-{'+'.join(Path(o).name for o in outs[1:])}.json"
+    path = Path(json_path) if json_path else ensemble_json_path(list(outs))
     write_json(path, res)
     ensemble_table(res)
     click.echo(f"wrote {path}")

@@ -21,6 +21,11 @@ from .plan import CrossvalError, finished_fold, load_plan
 from .summary import paired
 
 
+def ensemble_json_path(outs: list[str | Path]) -> Path:
+    """Where `brats2d crossval-ensemble` writes its result by default: OUT1/ensemble-with-<OUT2>[+<OUT3>...].json."""
+    return Path(outs[0]) / f"ensemble-with-{'+'.join(Path(o).name for o in outs[1:])}.json"
+
+
 def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the ensemble of the cross-validations `outs` (>= 2) on their common held-out patients.
