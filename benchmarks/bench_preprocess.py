@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,13 +43,12 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
-from brats2d.config import PreprocessConfig  # noqa: E402
-from brats2d.nifti import discover  # noqa: E402
-from brats2d.preprocess import default_workers, preprocess  # noqa: E402
-from brats2d.synth import write_cohort  # noqa: E402
+from brats2d.config import PreprocessConfig
+from brats2d.nifti import discover
+from brats2d.preprocess import default_workers, preprocess
+from brats2d.synth import write_cohort
+
+from common import finish
 
 BRATS2021 = 1251
 REAL_DEFAULT = Path("/work/shared/data/brats-real")

@@ -25,7 +25,6 @@ file, so a damaged cache is an error naming the file, not silently wrong slices.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -38,9 +37,10 @@ from typing import Any
 import numpy as np
 
 from .config import PreprocessConfig, with_defaults
+from .files import atomic_write, error_reason, remove_stale_temps
+from .splits import SPLITS
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 _BLOCK = 1024  # slices per block when copying/hashing; bounds memory for any cache size
 
 
@@ -194,35 +194,6 @@ def _check_data(path: Path, f: Any, require: bool) -> None:
                                  f"rebuild it with `brats2d preprocess --force`")
 
 
-def remove_stale_temps(path: str | Path) -> None:
-    """Delete temp files/folders `.<name>.<pid>.*` beside `path` left by writers that were killed
-    (their pid no longer runs); those of live writers are kept."""
-    import shutil
-
-    path = Path(path)
-    for d in path.parent.glob(f".{path.name}.*.*"):
-        try:
-            pid = int(d.name[len(path.name) + 2:].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            if d.is_dir() and not d.is_symlink():
-                shutil.rmtree(d, ignore_errors=True)
-            else:
-                d.unlink(missing_ok=True)
-        except (ValueError, PermissionError, OverflowError):
-            continue
-
-
-_remove_stale_temps = remove_stale_temps
-
-
-def _why(e: BaseException) -> str:
-    """'disk full' for ENOSPC (however the layer below reported it), else the error's own words."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
-        return "disk full"
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 class CacheWriter:
     """Streams slices per split to temp files, then builds the HDF5 cache and renames it into place.
 
@@ -246,7 +217,7 @@ class CacheWriter:
         except OSError as e:
             self.close()
             raise CacheError(f"{self.path}: cannot create the cache or its temporary files beside it "
-                             f"({_why(e)})") from None
+                             f"({error_reason(e)})") from None
 
     def add(self, split: str, case: str, images: np.ndarray, masks: np.ndarray, slices: np.ndarray) -> None:
         """images (n, C, S, S) float, masks (n, K, S, S) 0/1, slices (n,) z indices of one patient."""
@@ -256,7 +227,7 @@ class CacheWriter:
             self._raw[split]["masks"].write(np.ascontiguousarray(masks, dtype=np.uint8).tobytes())
         except OSError as e:
             self.close()
-            raise CacheError(f"{self.path}: could not write cache ({_why(e)}); the previous file is untouched") from None
+            raise CacheError(f"{self.path}: could not write cache ({error_reason(e)}); the previous file is untouched") from None
         names, zs = self._index[split]
         names.extend([case] * len(slices))
         zs.extend(int(z) for z in slices)
@@ -269,18 +240,15 @@ class CacheWriter:
             for s in SPLITS:
                 for fh in self._raw[s].values():
                     fh.close()
-            with h5py.File(tmp, "w") as f:
+            with atomic_write(self.path, fsync=True, temp=tmp), h5py.File(tmp, "w") as f:
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 for k, v in attrs.items():
                     f.attrs[k] = json.dumps(v, sort_keys=True)
                 for s in SPLITS:
                     self._write_split(f, s)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
         except (OSError, RuntimeError) as e:  # h5py reports some failed writes/flushes as RuntimeError
-            raise CacheError(f"{self.path}: could not write cache ({_why(e)}); the previous file is untouched") from None
+            raise CacheError(f"{self.path}: could not write cache ({error_reason(e)}); the previous file is untouched") from None
         finally:
             self.close()
 

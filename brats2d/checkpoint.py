@@ -9,8 +9,6 @@ does not), so a flipped byte is an error naming the file rather than silently di
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import random
 import zipfile
@@ -19,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .files import atomic_write, error_reason, remove_stale_temps
 
 
 class CheckpointError(Exception):
@@ -43,39 +43,18 @@ class _Writer:
         self.f.flush()
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
-        return "disk full"
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Remove `.<name>.<pid>.tmp` files of writers that were killed (their pid no longer runs)."""
-    for t in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            os.kill(int(t.name[len(path.name) + 2:-len(".tmp")]), 0)
-        except ProcessLookupError:
-            t.unlink(missing_ok=True)
-        except (ValueError, OSError, OverflowError):
-            continue
-
-
 def save(obj: dict[str, Any], path: str | Path) -> None:
     """Write `obj` atomically to `path` (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     w = None
     try:
-        _remove_stale_temps(path)
-        with open(tmp, "wb") as f:
+        remove_stale_temps(path)
+        with atomic_write(path, fsync=True) as tmp, open(tmp, "wb") as f:
             w = _Writer(f)
             torch.save(obj, w)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        what = _why(w.error if w is not None and w.error is not None else e)
+        what = error_reason(w.error if w is not None and w.error is not None else e)
         raise CheckpointError(f"{path}: could not write checkpoint ({what}); the previous one is untouched") from None
 
 
@@ -85,7 +64,7 @@ def _check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_why(e)})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {error_reason(e)})") from None
     if bad is not None:
         raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in {bad})")
 

@@ -12,7 +12,6 @@ Two views of one model:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,13 @@ import numpy as np
 
 from . import metrics as M
 from .dataset import SliceCache
+from .files import write_json
 from .inference import Predictor, load_predictor
 
 
-def _describe(values: list[float]) -> dict[str, float]:
+def describe(values: list[float]) -> dict[str, float]:
+    """{mean, sd (ddof 1; 0 for one value), median, min, max} of the finite values (NaN ones if none):
+    how per-patient scores are summarized everywhere (inf HD95s, an empty prediction, are left out)."""
     a = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
     if a.size == 0:
         return {"mean": float("nan"), "sd": float("nan"), "median": float("nan"), "min": float("nan"), "max": float("nan")}
@@ -46,8 +48,8 @@ def _region_report(pred: np.ndarray, target: np.ndarray, patients: np.ndarray, s
                      "tumour_voxels": int(t3.sum()), "slices": int(len(sel))})
     return {"counts": {k: int(getattr(counts, k)) for k in ("tp", "fp", "fn", "tn")},
             "pooled": M.summarize(counts, "pooled"), "per_slice_mean": M.summarize(per_slice, "mean"),
-            "per_patient": rows, "per_patient_dice": _describe([r["dice"] for r in rows]),
-            "per_patient_hd95": _describe([r["hd95"] for r in rows])}
+            "per_patient": rows, "per_patient_dice": describe([r["dice"] for r in rows]),
+            "per_patient_hd95": describe([r["hd95"] for r in rows])}
 
 
 def evaluate_cache(pred: Predictor, cache_path: str, split: str, threshold: float, batch_size: int = 64,
@@ -84,8 +86,8 @@ def evaluate_variants(pred: Predictor, raw: str | Path, cases: list[str], thresh
         out[name] = {}
         for region in pred.regions:
             per = [{"patient": r[name]["patient"], **r[name]["regions"][region]} for r in rows]
-            out[name][region] = {"per_patient": per, "per_patient_dice": _describe([r["dice"] for r in per]),
-                                 "per_patient_hd95": _describe([r["hd95"] for r in per])}
+            out[name][region] = {"per_patient": per, "per_patient_dice": describe([r["dice"] for r in per]),
+                                 "per_patient_hd95": describe([r["hd95"] for r in per])}
     return out
 
 
@@ -126,9 +128,6 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", thre
     if raw is not None:
         result["volume"] = evaluate_volumes(pred, raw, data.meta.splits[split], threshold, tta=tta,
                                             min_size=min_size, keep_largest=keep_largest)
-    text = json.dumps(result, indent=1, default=float) + "\n"
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_json(p, result)
     return result

@@ -28,7 +28,9 @@ class Predictor:
     """One trained model, or an ensemble of models that share a preprocessing, with their settings.
 
     An ensemble averages the members' sigmoid probabilities (as nnU-Net does across its folds);
-    `train_cfg` and `run_dir` are the first member's.
+    `train_cfg` and `run_dir` are the first member's. With `train_mode` the models predict in training
+    mode: BatchNorm normalizes with each batch's statistics and updates its running ones (e.g. to
+    re-estimate them on one scan, AdaBN) and dropout is on; off (the default), evaluation mode.
     """
 
     models: list[UNet]
@@ -39,6 +41,7 @@ class Predictor:
     run_dir: Path
     cache_path: str
     profile: Profile | None = None  # the training scans' properties (brats2d.ood), None for older runs
+    train_mode: bool = False
 
     @property
     def model(self) -> UNet:
@@ -83,7 +86,7 @@ class Predictor:
 
     def _eval(self) -> None:
         for net in self.models:
-            net.eval()
+            net.train(self.train_mode)
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         """Sigmoid probabilities (B, K, S, S) float32, averaged over the members."""
@@ -150,13 +153,14 @@ class Predictor:
 
         def back(a: np.ndarray) -> np.ndarray:  # (n, K, S, S) -> (K, H, W, D), zeros where skipped or cropped
             out = np.zeros((a.shape[1], H, W, D), np.float32)
-            out[..., head] = np.moveaxis(paste(_resize_up(a, (x1 - x0, y1 - y0)), (x0, x1, y0, y1), (H, W)), 0, -1)
+            out[..., head] = np.moveaxis(paste(resize_up(a, (x1 - x0, y1 - y0)), (x0, x1, y0, y1), (H, W)), 0, -1)
             return out
 
         return back(p), None if v is None else back(v)
 
 
-def _resize_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n, K, s, s) float32 probabilities -> (n, K, *shape), bilinear (unchanged when already that size)."""
     import torch.nn.functional as F
 
     if a.shape[-2:] == shape:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .files import atomic_write
 from .inference import Predictor
 from .nifti import InputError, Patient, discover, load_patient, patient_from_folder
 from .ood import check
@@ -51,9 +51,8 @@ def _save_nifti(arr: np.ndarray, ref_path: Path, path: Path) -> None:
     hdr.set_data_dtype(arr.dtype)
     img = nib.Nifti1Image(arr, ref.affine, header=hdr)
     img.header.set_slope_inter(1, 0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".tmp.nii.gz") as tmp:
+        nib.save(img, str(tmp))
 
 
 def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *, threshold: float = 0.5,
@@ -66,7 +65,7 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
     outside the run's training scans (brats2d.ood.check; empty when none, or for runs without a profile).
     """
     t0 = time.perf_counter()
-    patient, image, seg, spacing = _load(pred, folder)
+    patient, image, seg, spacing = load_case(pred, folder)
     prep = prepare(image, pred.prep_cfg, spacing, [str(patient.files[m]) for m in pred.prep_cfg.modalities])
     prob, var = pred.volume_prepared(prep, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
     masks = np.stack([postprocess(p > threshold, min_size, keep_largest) for p in prob])
@@ -83,7 +82,7 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
             _save_nifti(np.moveaxis(var, 0, -1).squeeze(-1).astype(np.float32) if len(var) == 1
                         else np.moveaxis(var, 0, -1).astype(np.float32), ref, out / f"{patient.case}_uncertainty.nii.gz")
     row = {"patient": patient.case, "ood": check(prep.stats, pred.profile),
-           "regions": _scores(pred, patient, masks, seg, spacing)}
+           "regions": score_masks(pred, patient, masks, seg, spacing)}
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
 
@@ -96,7 +95,7 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
     The volume is read and predicted once per `tta` value, so a post-processing ablation costs one
     or two forward passes per patient. Returns {name: predict_case's row without files}.
     """
-    patient, image, seg, spacing = _load(pred, folder)
+    patient, image, seg, spacing = load_case(pred, folder)
     if seg is None:
         raise InputError(f"{folder}: no seg file to score against")
     probs = {tta: pred.volume(image, tta=tta)[0] for tta in sorted({bool(v["tta"]) for v in variants.values()})}
@@ -104,11 +103,13 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
     for name, v in variants.items():
         th = float(v.get("threshold", threshold))
         masks = np.stack([postprocess(p > th, int(v["min_size"]), bool(v["keep_largest"])) for p in probs[bool(v["tta"])]])
-        out[name] = {"patient": patient.case, "regions": _scores(pred, patient, masks, seg, spacing)}
+        out[name] = {"patient": patient.case, "regions": score_masks(pred, patient, masks, seg, spacing)}
     return out
 
 
-def _load(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.ndarray | None, tuple[float, ...]]:
+def load_case(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.ndarray | None, tuple[float, ...]]:
+    """A patient folder read for `pred`: (Patient, image (C, X, Y, Z) float32 with the run's modalities
+    (and mirror channels), seg (X, Y, Z) labels or None when the folder has none, voxel spacing (mm))."""
     patient = patient_from_folder(Path(folder))
     if patient is None:
         raise InputError(f"{folder}: not a BraTS patient folder (no <case>_flair / <case>-t2f NIfTI)")
@@ -117,8 +118,8 @@ def _load(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.
     return patient, image, seg, spacing
 
 
-def _scores(pred: Predictor, patient: Patient, masks: np.ndarray, seg: np.ndarray | None,
-            spacing: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+def score_masks(pred: Predictor, patient: Patient, masks: np.ndarray, seg: np.ndarray | None,
+                spacing: tuple[float, ...]) -> dict[str, dict[str, Any]]:
     """{region: {pred_voxels[, dice, hd95 (mm), tumour_voxels]}} for masks (K, X, Y, Z) bool."""
     out: dict[str, dict[str, Any]] = {}
     for k, region in enumerate(pred.regions):
@@ -153,13 +154,11 @@ def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, **kw: An
             errors.append(str(e))
     scored = [r for r in rows if any("dice" in v for v in r["regions"].values())]
     if scored:
-        tmp = out / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["patient", "region", "dice", "hd95_mm", "tumour_voxels", "pred_voxels", "seconds", "ood"])
             for r in scored:
                 for region, v in r["regions"].items():
                     w.writerow([r["patient"], region, f"{v['dice']:.4f}", f"{v['hd95']:.2f}", v["tumour_voxels"],
                                 v["pred_voxels"], r["seconds"], "; ".join(r.get("ood", []))])
-        os.replace(tmp, out / "metrics.csv")
     return rows, errors

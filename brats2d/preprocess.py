@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import time
 import zlib
@@ -18,6 +17,7 @@ import numpy as np
 
 from . import cache
 from .config import PreprocessConfig, to_dict
+from .files import LockBusy, error_reason, file_lock, remove_stale_temps, write_text
 from .nifti import InputError, Patient, discover, load_patient
 from .ood import ScanStats
 from .slicing import prepare, region_masks, resize_slices, with_context
@@ -137,7 +137,7 @@ def preprocess(raw: str | Path, out: str | Path, cfg: PreprocessConfig, *, worke
     config = to_dict(cfg)
     with _exclusive(out):
         for path in (out, splits_path(out), config_path(out)):
-            cache.remove_stale_temps(path)  # temp files of a run killed while writing (even if up to date now)
+            remove_stale_temps(path)  # temp files of a run killed while writing (even if up to date now)
         if splits_file is not None:
             splits = load_splits(splits_file)
             known = {c for s in splits.values() for c in s}
@@ -201,16 +201,6 @@ def _json(d: dict[str, Any]) -> str:
     return json.dumps(d, indent=1, sort_keys=True) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PreprocessError(f"{path}: could not write ({'disk full' if e.errno == errno.ENOSPC else e})") from None
-
-
 def _write_sidecars(out: Path, splits: dict[str, list[str]], config: dict[str, Any]) -> None:
     """splits.json and config.json beside the cache, each rewritten only when missing or different."""
     want_splits = {s: splits[s] for s in cache.SPLITS}
@@ -223,53 +213,32 @@ def _write_sidecars(out: Path, splits: dict[str, list[str]], config: dict[str, A
     cp = config_path(out)
     text = _json(config)
     if not cp.is_file() or cp.read_text(errors="replace") != text:
-        _write_atomic(cp, text)
+        try:
+            write_text(cp, text)
+        except OSError as e:
+            raise PreprocessError(f"{cp}: could not write ({error_reason(e)})") from None
 
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold `.<name>.lock` beside the cache (flock): a second preprocess to the same file is refused.
-
-    The OS drops the lock when its holder dies, even by SIGKILL. The file is removed on release (while
-    still locked); a waiter that locked the removed file notices the inode changed and tries again.
-    """
+    """Hold `.<name>.lock` beside the cache (`files.file_lock`, removed on release): a second
+    preprocess to the same file is refused; a read-only folder is used unlocked (nobody can write there)."""
     lock = out.with_name(f".{out.name}.lock")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PreprocessError(f"{out}: cannot create its folder ({e.strerror or e})") from None
-    while True:
+    with contextlib.ExitStack() as held:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                yield  # a read-only folder: nobody can write the cache there; an up-to-date check still works
-                return
-            raise PreprocessError(f"{out}: cannot create the lock file {lock.name} ({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise PreprocessError(f"{out}: another brats2d preprocess (pid {holder}) is writing this cache; "
+            held.enter_context(file_lock(lock, remove=True))
+        except LockBusy as e:
+            raise PreprocessError(f"{out}: another brats2d preprocess (pid {e.holder}) is writing this cache; "
                                   f"wait for it to finish or choose another --out") from None
-        try:
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except OSError:
-            pass  # the pid is only for the message of a refused second run
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise PreprocessError(f"{out}: cannot create the lock file {lock.name} ({e.strerror or e})") from None
+            # a read-only folder: nobody can write the cache there; an up-to-date check still works
         yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
 
 
 def splits_path(cache_path: str | Path) -> Path:

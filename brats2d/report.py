@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_write
 
 
 def _plt():
@@ -19,9 +20,8 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:

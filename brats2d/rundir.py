@@ -1,4 +1,4 @@
-"""The run folder: lock, config.json, checkpoints, history.csv, train.log, curves.png.
+"""The run folder: lock, config.json, checkpoints, history.csv, train.log (curves.png: brats2d.report).
 
     runs/NAME/
       config.json            every setting + the cache's identity (JSON)
@@ -17,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
-import fcntl
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from . import checkpoint
+from .files import LockBusy, atomic_write, file_lock, write_text
 from .config import PreprocessConfig, TrainConfig, diff, with_defaults
 
 LATEST, BEST = "latest_checkpoint.pth", "best_model.pth"
@@ -55,6 +54,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunDir:
+    """The run folder: its lock, log, config.json, checkpoints and history.csv (what goes in them is the
+    trainer's: brats2d.trainstate)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
@@ -62,36 +64,29 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Exclusive use of the folder; a second trainer is refused with the holder's pid."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise RunError(f"{self.path}: run folder in use by another brats2d process (pid {holder})") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+                held.enter_context(file_lock(self.path / ".lock"))
+            except LockBusy as e:
+                raise RunError(f"{self.path}: run folder in use by another brats2d process (pid {e.holder})") from None
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     def log(self, msg: str) -> None:
+        """Append a time-stamped line to train.log."""
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         with open(self.path / "train.log", "a") as f:
             f.write(f"{stamp} {msg}\n")
 
-    def start(self, ident: dict[str, Any], s: dict[str, Any], *, restart: bool,
-              log: Callable[[str], None]) -> dict[str, Any]:
-        """Fresh state, or the state restored from latest_checkpoint.pth after checking its identity."""
+    def start(self, ident: dict[str, Any], *, restart: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
+        """None for a fresh run (the folder's old run removed, config.json written), else the content of
+        latest_checkpoint.pth after checking that it was trained with the settings and cache of `ident`."""
         latest = self.path / LATEST
-        fresh = {"epoch": 0, "step": 0, "loss_sum": torch.zeros((), dtype=torch.float64), "seen": 0,
-                 "history": [], "best": None}
         if restart or not latest.exists():
             for name in (LATEST, BEST, "history.csv"):
                 (self.path / name).unlink(missing_ok=True)
-            self._write_json("config.json", ident)
-            self._emit(log, f"starting run {self.path} ({'--restart' if restart else 'new'})")
-            return fresh
+            write_text(self.path / "config.json", json.dumps(ident, indent=1, sort_keys=True) + "\n")
+            self.emit(log, f"starting run {self.path} ({'--restart' if restart else 'new'})")
+            return None
         ck = checkpoint.load(latest)
         old = json.loads(ck["identity"])
         # Settings added after a checkpoint was written (e.g. sync_bn) take their default, which is what it used.
@@ -111,69 +106,33 @@ class RunDir:
         if changes:
             raise RunError(f"{latest}: was trained with other settings or another cache; use --restart or "
                            f"another --run-dir. Differences (checkpoint -> now):\n  " + "\n  ".join(changes))
-        s["model"].load_state_dict(ck["model"])
-        s["opt"].load_state_dict(ck["optimizer"])
-        s["sched"].load_state_dict(ck["scheduler"])
-        s["scaler"].load_state_dict(ck["scaler"])
-        checkpoint.set_rng_state(ck["rng"])
-        st = {"epoch": ck["epoch"], "step": ck["step"], "loss_sum": ck["loss_sum"], "seen": ck["seen"],
-              "history": json.loads(ck["history"]), "best": ck["best"], "rng_ranks": ck.get("rng_ranks")}
-        if st["epoch"] < ident["train"]["epochs"]:
-            self._emit(log, f"resuming {self.path} from epoch {st['epoch'] + 1}, step {st['step']}")
-        return st
+        if ck["epoch"] < ident["train"]["epochs"]:
+            self.emit(log, f"resuming {self.path} from epoch {ck['epoch'] + 1}, step {ck['step']}")
+        return ck
 
-    def save_latest(self, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any], st: dict[str, Any],
-                    epoch: int, extra: dict[str, Any] | None = None) -> None:
-        """Write latest_checkpoint.pth; `extra` adds entries (under torchrun: rng_ranks, ranks 1.. RNG states)."""
-        checkpoint.save({**(extra or {}),
-            "model": s["model"].state_dict(), "optimizer": s["opt"].state_dict(),
-            "scheduler": s["sched"].state_dict(), "scaler": s["scaler"].state_dict(), "rng": checkpoint.rng_state(),
-            "epoch": epoch, "step": st["step"], "loss_sum": st["loss_sum"], "seen": st["seen"],
-            "history": json.dumps(st["history"]), "best": st["best"], "identity": json.dumps(ident),
-            "config": json.dumps(ident["train"])}, self.path / LATEST)
+    def save_latest(self, content: dict[str, Any]) -> None:
+        """Write latest_checkpoint.pth (atomically; the previous one survives a failure)."""
+        checkpoint.save(content, self.path / LATEST)
 
-    def check_finite(self, st: dict[str, Any], epoch: int) -> None:
+    def save_best(self, content: dict[str, Any]) -> None:
+        """Write best_model.pth (atomically)."""
+        checkpoint.save(content, self.path / BEST)
+
+    def check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         """Refuse to go on (or to checkpoint) once the loss is NaN/inf: the last good checkpoint stays."""
-        if not torch.isfinite(st["loss_sum"]):
-            raise NumericalError(f"non-finite training loss in epoch {epoch + 1} before step {st['step']}; "
+        if not torch.isfinite(loss_sum):
+            raise NumericalError(f"non-finite training loss in epoch {epoch + 1} before step {step}; "
                                  f"stopped. The last good checkpoint is {self.path / LATEST} (if any): lower "
                                  f"--lr or use --precision fp32, then run again with --restart")
 
-    def end_epoch(self, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any], st: dict[str, Any],
-                  row: dict[str, Any], log: Callable[[str], None], extra: dict[str, Any] | None = None) -> None:
-        """Record the epoch, keep the best model, then checkpoint the start of the next epoch."""
-        st["history"].append(row)
-        no_val = row["val_dice"] is None  # no validation patients: the latest epoch is the model to keep
-        score = None if no_val else float(row["val_dice"] if cfg.select_by == "dice" else -row["val_loss"])
-        is_best = no_val or st["best"] is None or score > st["best"]
-        if is_best:
-            st["best"] = score
-            checkpoint.save({"model": s["model"].state_dict(), "epoch": row["epoch"], "metrics": json.dumps(row),
-                             "identity": json.dumps(ident), "config": json.dumps(ident["train"])}, self.path / BEST)
-        val = ("no validation" if no_val else
-               "val_loss {val_loss:.4f}  val_dice {val_dice:.4f}".format(**row))
-        self._emit(log, f"epoch {row['epoch']}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  {val}  "
-                   f"{row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s" + ("  * best" if is_best else ""))
-        st.update(epoch=row["epoch"], step=0, seen=0, loss_sum=torch.zeros((), dtype=torch.float64))
-        self.save_latest(s, cfg, ident, st, row["epoch"], extra)
-        self._write_history(st["history"])
-        from .report import plot_curves
-
-        plot_curves(st["history"], self.path / "curves.png")
-
-    def _emit(self, log: Callable[[str], None], msg: str) -> None:
+    def emit(self, log: Callable[[str], None], msg: str) -> None:
+        """`msg` to the console (`log`) and to train.log."""
         log(msg)
         self.log(msg)
 
-    def _write_json(self, name: str, data: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path / name)
-
-    def _write_history(self, history: list[dict[str, Any]]) -> None:
-        tmp = self.path / ".history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """history.csv: one row per epoch (HISTORY_FIELDS), replaced atomically."""
+        with atomic_write(self.path / "history.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
-        os.replace(tmp, self.path / "history.csv")

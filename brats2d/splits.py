@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .files import write_text
 
 SPLITS = ("train", "val", "test")
 
@@ -60,10 +61,7 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
 def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:
     """Write splits atomically (temp file + rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({s: splits[s] for s in SPLITS}, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps({s: splits[s] for s in SPLITS}, indent=1) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"{path}: could not write splits file ({e.strerror or e})") from None

@@ -10,14 +10,14 @@ its four modalities and seg is written in about a second on one core.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from .files import atomic_write
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 NAMING: dict[str, dict[str, str]] = {
@@ -204,13 +204,8 @@ def _save_atomic(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_sform(affine, code=1)
     # Ends in .nii.gz so nibabel gzips it, but not in a modality suffix so readers never pick it
     # up; not mkstemp, whose 0600 mode would survive the rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.nii.gz")
-    try:
+    with atomic_write(path, suffix=".partial.nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def case_name(i: int, naming: str = "2021") -> str:

@@ -14,6 +14,7 @@ world size is exact too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -29,12 +30,14 @@ from .dataset import EpochPlan, SliceCache, iterate
 from .losses import make_loss
 from .model import build_model
 from .ood import Profile, ScanStats
+from .report import plot_curves
 from .rundir import RunDir, TrainingStopped
+from .trainstate import Trainer, TrainState, best_checkpoint, latest_checkpoint, restore, select_best
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
 
 def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device = "auto",
-          world_size: int = 1) -> dict[str, Any]:
+          world_size: int = 1) -> Trainer:
     """Model, optimizer, scheduler, scaler, loss and data for a run (fresh state, seeded).
 
     Every rank seeds identically, so every rank builds the same initial weights. `world_size` > 1 sizes
@@ -68,13 +71,13 @@ def setup(cache_path: str | Path, cfg: TrainConfig, device: str | torch.device =
     scaler = torch.amp.GradScaler(dev.type, enabled=(precision == "fp16"))
     loss_fn = make_loss(cfg.loss, smooth=cfg.dice_smooth, gamma=cfg.focal_gamma,
                         alpha=None if cfg.focal_alpha < 0 else cfg.focal_alpha, dice_batch=cfg.dice_batch)
-    return {"meta": meta, "device": dev, "model": model, "opt": opt, "sched": sched, "scaler": scaler,
-            "precision": precision, "loss_fn": loss_fn, "train": train_data, "val": SliceCache(cache_path, "val")}
+    return Trainer(meta=meta, device=dev, model=model, opt=opt, sched=sched, scaler=scaler, precision=precision,
+                   loss_fn=loss_fn, train=train_data, val=SliceCache(cache_path, "val"))
 
 
-def run_identity(s: dict[str, Any], cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
+def run_identity(tr: Trainer, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: every setting and the exact cache."""
-    m = s["meta"]
+    m = tr.meta
     return {"train": cfgmod.to_dict(cfg), "cache": {"config": m.config, "counts": m.counts,
             "checksums": m.checksums}, "model": {"in_channels": m.image_shape[0], "out_channels": m.mask_channels},
             "world_size": world_size, "cache_path": str(Path(m.path).resolve()), "inputs": input_profile(m)}
@@ -92,17 +95,17 @@ def input_profile(meta: cache.CacheMeta) -> dict[str, Any] | None:
     return None if profile is None else profile.to_dict()
 
 
-def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimizer step; returns the loss as a detached tensor (no host sync)."""
-    model, opt, scaler = s["model"], s["opt"], s["scaler"]
-    net = s.get("ddp", model)  # under torchrun, the DDP wrapper all-reduces the gradients in backward
-    x = x.to(s["device"], non_blocking=True)
-    y = y.to(s["device"], non_blocking=True)
+def train_step(tr: Trainer, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on images x (B, C, S, S) and masks y (B, K, S, S); returns the loss as a
+    detached tensor (no host sync)."""
+    model, opt, scaler = tr.model, tr.opt, tr.scaler
+    x = x.to(tr.device, non_blocking=True)
+    y = y.to(tr.device, non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_context(s["device"], s["precision"]):
-        logits = net(x)
-    loss = s["loss_fn"](logits.float(), y)
+    with autocast_context(tr.device, tr.precision):
+        logits = tr.net(x)
+    loss = tr.loss_fn(logits.float(), y)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.grad_clip > 0:
@@ -110,12 +113,12 @@ def train_step(s: dict[str, Any], cfg: TrainConfig, x: torch.Tensor, y: torch.Te
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     scaler.step(opt)
     scaler.update()
-    s["sched"].step()
+    tr.sched.step()
     return loss.detach()
 
 
 @torch.inference_mode()
-def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
+def validate(tr: Trainer, cfg: TrainConfig, batch_size: int = 64,
              d: distributed.Dist | None = None) -> dict[str, float | None]:
     """Validation loss and pooled Dice (the seed's way: over all pixels of the split) at cfg.threshold;
     both None when the cache has no validation slices (then the last epoch counts as the best).
@@ -124,7 +127,7 @@ def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
     every rank gets the same numbers (and agrees on the best epoch). Call `distributed.broadcast_buffers`
     first so all ranks evaluate rank 0's BatchNorm statistics.
     """
-    model, data = s["model"], s["val"]
+    model, data = tr.model, tr.val
     if len(data) == 0:
         return {"val_loss": None, "val_dice": None}
     model.eval()
@@ -133,11 +136,11 @@ def validate(s: dict[str, Any], cfg: TrainConfig, batch_size: int = 64,
     if d is not None:
         plan = plan.shard(d.rank, d.world, pad=False)
     for x, y in iterate(data, plan):
-        x, y = x.to(s["device"]), y.to(s["device"])
-        with autocast_context(s["device"], s["precision"]):
+        x, y = x.to(tr.device), y.to(tr.device)
+        with autocast_context(tr.device, tr.precision):
             logits = model(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)
         logits = logits.float()
-        tot += float(s["loss_fn"](logits, y)) * len(x)
+        tot += float(tr.loss_fn(logits, y)) * len(x)
         n += len(x)
         pred = (torch.sigmoid(logits) > cfg.threshold).float()
         inter += float((pred * y).sum())
@@ -163,51 +166,63 @@ def _set_threads(cfg: TrainConfig, d: distributed.Dist, dev: torch.device) -> No
     torch.set_num_threads(n)
 
 
-def _share_start(d: distributed.Dist, s: dict[str, Any], cfg: TrainConfig, st: dict[str, Any] | None) -> dict[str, Any]:
-    """Give every rank rank 0's starting state (fresh or resumed); returns this rank's `st`.
+def _share_start(d: distributed.Dist, tr: Trainer, cfg: TrainConfig, st: TrainState | None) -> TrainState:
+    """Give every rank rank 0's starting state (fresh or resumed); returns this rank's state.
 
     Only rank 0 reads the run folder, so the run folder need not be on a shared filesystem. Partial
     epoch sums (loss_sum, seen) stay with rank 0, the others start them at zero: their all-reduce is
     still the epoch's total.
     """
-    sent = None
-    if d.is_rank0:
-        sent = distributed.to_cpu({"st": st, "model": s["model"].state_dict(), "opt": s["opt"].state_dict(),
-                                   "sched": s["sched"].state_dict(), "scaler": s["scaler"].state_dict()})
+    sent = distributed.to_cpu({"st": dataclasses.asdict(st), **tr.state_dicts()}) if d.is_rank0 else None
     sent = distributed.broadcast_object(d, sent)
     if d.is_rank0:
         assert st is not None
-    else:
-        s["model"].load_state_dict(sent["model"])
-        s["opt"].load_state_dict(sent["opt"])
-        s["sched"].load_state_dict(sent["sched"])
-        s["scaler"].load_state_dict(sent["scaler"])
-        st = {**sent["st"], "loss_sum": torch.zeros((), dtype=torch.float64), "seen": 0}
-        rngs = st.get("rng_ranks") or []
-        if len(rngs) >= d.rank:
-            checkpoint.set_rng_state(rngs[d.rank - 1])
-        else:  # fresh run (or a checkpoint without them): distinct but reproducible dropout per rank
-            torch.manual_seed(distributed.rank_seed(cfg.seed, d.rank, st["epoch"], st["step"]))
+        return st
+    tr.load_state_dicts(sent)
+    st = TrainState(**{**sent["st"], "loss_sum": torch.zeros((), dtype=torch.float64), "seen": 0})
+    rngs = st.rng_ranks or []
+    if len(rngs) >= d.rank:
+        checkpoint.set_rng_state(rngs[d.rank - 1])
+    else:  # fresh run (or a checkpoint without them): distinct but reproducible dropout per rank
+        torch.manual_seed(distributed.rank_seed(cfg.seed, d.rank, st.epoch, st.step))
     return st
 
 
-def _save_point(d: distributed.Dist, run: RunDir, s: dict[str, Any], cfg: TrainConfig, ident: dict[str, Any],
-                st: dict[str, Any], epoch: int) -> None:
+def _save_point(d: distributed.Dist, run: RunDir, tr: Trainer, ident: dict[str, Any], st: TrainState,
+                epoch: int) -> None:
     """Mid-epoch checkpoint (on every rank at the same step; rank 0 writes it)."""
     if not d.enabled:
-        run.check_finite(st, epoch)
-        run.save_latest(s, cfg, ident, st, epoch)
+        run.check_finite(st.loss_sum, epoch, st.step)
+        run.save_latest(latest_checkpoint(tr, st, ident, epoch))
         return
     # Fold the partial sums into rank 0, so the checkpoint holds the whole job's; all ranks check them.
-    tot = distributed.all_sum(d, [st["loss_sum"], st["seen"]])
-    run.check_finite({**st, "loss_sum": tot[0]}, epoch)
+    tot = distributed.all_sum(d, [st.loss_sum, st.seen])
+    run.check_finite(tot[0], epoch, st.step)
     zero = torch.zeros((), dtype=torch.float64)
-    st["loss_sum"] = (tot[0] if d.is_rank0 else zero).to(st["loss_sum"].device)
-    st["seen"] = int(tot[1]) if d.is_rank0 else 0
+    st.loss_sum = (tot[0] if d.is_rank0 else zero).to(st.loss_sum.device)
+    st.seen = int(tot[1]) if d.is_rank0 else 0
     rngs = distributed.gather_objects(d, checkpoint.rng_state())
     if d.is_rank0:
         assert rngs is not None
-        run.save_latest(s, cfg, ident, st, epoch, {"rng_ranks": rngs[1:]})
+        run.save_latest(latest_checkpoint(tr, st, ident, epoch, {"rng_ranks": rngs[1:]}))
+
+
+def _end_epoch(run: RunDir, tr: Trainer, cfg: TrainConfig, ident: dict[str, Any], st: TrainState,
+               row: dict[str, Any], log: Callable[[str], None], extra: dict[str, Any] | None) -> None:
+    """Rank 0: keep the model if it is the best so far, log the epoch, checkpoint the start of the next
+    epoch, write history.csv and curves.png."""
+    is_best, score = select_best(cfg, row, st.best)
+    if is_best:
+        st.best = score
+        run.save_best(best_checkpoint(tr, row, ident))
+    val = ("no validation" if row["val_dice"] is None else
+           "val_loss {val_loss:.4f}  val_dice {val_dice:.4f}".format(**row))
+    run.emit(log, f"epoch {row['epoch']}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  {val}  "
+             f"{row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s" + ("  * best" if is_best else ""))
+    st.finish_epoch(row)
+    run.save_latest(latest_checkpoint(tr, st, ident, row["epoch"], extra))
+    run.write_history(st.history)
+    plot_curves(st.history, run.path / "curves.png")
 
 
 def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, device: str = "auto",
@@ -235,61 +250,61 @@ def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_d
     with contextlib.ExitStack() as held:
         distributed.on_rank0(d, lambda: held.enter_context(run.lock()))
         _set_threads(cfg, d, dev)
-        s = setup(cache_path, cfg, dev, d.world)
-        ident = run_identity(s, cfg, d.world)
-        st = distributed.on_rank0(d, lambda: run.start(ident, s, restart=restart, log=log))
+        tr = setup(cache_path, cfg, dev, d.world)
+        ident = run_identity(tr, cfg, d.world)
+        # Rank 0: a fresh state, or the run folder's latest checkpoint loaded into `tr`.
+        st = distributed.on_rank0(d, lambda: restore(tr, run.start(ident, restart=restart, log=log)))
         if d.enabled:
-            st = _share_start(d, s, cfg, st)
-            s["ddp"] = torch.nn.parallel.DistributedDataParallel(
-                s["model"], device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
+            st = _share_start(d, tr, cfg, st)
+            tr.ddp = torch.nn.parallel.DistributedDataParallel(
+                tr.model, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
         assert st is not None
-        st.pop("rng_ranks", None)
-        if st["epoch"] >= cfg.epochs:
+        st.rng_ranks = None
+        if st.epoch >= cfg.epochs:
             log(f"run {run.path} already finished ({cfg.epochs} epochs); nothing to do")
-            return st["history"]
-        stop: dict[str, Any] = {"signal": None}
-        handlers = {sig: signal.signal(sig, lambda n, f: stop.update(signal=n)) for sig in (signal.SIGINT, signal.SIGTERM)}
+            return st.history
+        stop: list[int] = []  # the signal received, if any
+        handlers = {sig: signal.signal(sig, lambda n, f: stop.append(n)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for epoch in range(st["epoch"], cfg.epochs):
-                plan = EpochPlan.make(len(s["train"]), cfg.batch_size, cfg.seed, epoch, augment=cfg.augment,
+            for epoch in range(st.epoch, cfg.epochs):
+                plan = EpochPlan.make(len(tr.train), cfg.batch_size, cfg.seed, epoch, augment=cfg.augment,
                                       intensity=(cfg.intensity_p, cfg.intensity_gamma, cfg.intensity_scale),
                                       spatial=(cfg.spatial_p, cfg.spatial_scale, cfg.spatial_rotate),
                                       ).shard(d.rank, d.world)
-                t0, seen0 = time.perf_counter(), st["seen"]
-                for step, (x, y) in enumerate(iterate(s["train"], plan, st["step"], num_workers,
-                                                      s["device"].type == "cuda"), start=st["step"]):
-                    loss = train_step(s, cfg, x, y)
-                    st["loss_sum"] = st["loss_sum"] + loss.double() * len(x)
-                    st["seen"] += len(x)
-                    st["step"] = step + 1
+                t0, seen0 = time.perf_counter(), st.seen
+                for step, (x, y) in enumerate(iterate(tr.train, plan, st.step, num_workers, tr.device.type == "cuda"),
+                                              start=st.step):
+                    loss = train_step(tr, cfg, x, y)
+                    st.loss_sum = st.loss_sum + loss.double() * len(x)
+                    st.seen += len(x)
+                    st.step = step + 1
                     # All ranks must stop at the same step (a tiny CPU all-reduce per step under torchrun).
-                    stopping = distributed.any_true(d, stop["signal"] is not None)
-                    if st["step"] % cfg.checkpoint_every == 0 or stopping:
-                        _save_point(d, run, s, cfg, ident, st, epoch)
+                    stopping = distributed.any_true(d, bool(stop))
+                    if st.step % cfg.checkpoint_every == 0 or stopping:
+                        _save_point(d, run, tr, ident, st, epoch)
                     if stopping:
-                        raise TrainingStopped(f"stopped by signal {stop['signal'] or 'on another rank'} at epoch "
-                                              f"{epoch + 1}, step {st['step']}; checkpoint saved, run the same "
+                        raise TrainingStopped(f"stopped by signal {stop[0] if stop else 'on another rank'} at epoch "
+                                              f"{epoch + 1}, step {st.step}; checkpoint saved, run the same "
                                               f"command to resume")
-                    if progress is not None and st["step"] % 10 == 0:
-                        progress(epoch, st["step"], len(plan), float(st["loss_sum"]) / max(st["seen"], 1),
+                    if progress is not None and st.step % 10 == 0:
+                        progress(epoch, st.step, len(plan), float(st.loss_sum) / max(st.seen, 1),
                                  cfg.batch_size * d.world)
                 secs = time.perf_counter() - t0
-                loss_sum, seen, done = st["loss_sum"], st["seen"], st["seen"] - seen0
+                loss_sum, seen, done = st.loss_sum, st.seen, st.seen - seen0
                 if d.enabled:
                     loss_sum, seen, done = distributed.all_sum(d, [loss_sum, seen, done]).tolist()
-                    distributed.broadcast_buffers(d, s["model"])
-                run.check_finite({**st, "loss_sum": torch.as_tensor(loss_sum)}, epoch)
+                    distributed.broadcast_buffers(d, tr.model)
+                run.check_finite(torch.as_tensor(loss_sum), epoch, st.step)
                 row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1),
-                       **validate(s, cfg, d=d), "lr": s["opt"].param_groups[0]["lr"], "seconds": round(secs, 2),
+                       **validate(tr, cfg, d=d), "lr": tr.opt.param_groups[0]["lr"], "seconds": round(secs, 2),
                        "images_per_s": round(done / max(secs, 1e-9), 2)}
                 rngs = distributed.gather_objects(d, checkpoint.rng_state()) if d.enabled else None
                 if d.is_rank0:
-                    run.end_epoch(s, cfg, ident, st, row, log, {"rng_ranks": rngs[1:]} if rngs else None)
-                else:  # what end_epoch does to `st`, without writing anything
-                    st["history"].append(row)
-                    st.update(epoch=row["epoch"], step=0, seen=0, loss_sum=torch.zeros((), dtype=torch.float64))
+                    _end_epoch(run, tr, cfg, ident, st, row, log, {"rng_ranks": rngs[1:]} if rngs else None)
+                else:
+                    st.finish_epoch(row)
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         distributed.barrier(d)  # return only once rank 0 has written the last epoch's files
-        return st["history"]
+        return st.history

@@ -1,6 +1,6 @@
-"""`brats2d crossval` and `brats2d crossval-ensemble`: thin click wrappers around brats2d.crossval/cvensemble.
+"""`brats2d crossval` and `brats2d crossval-ensemble`: thin click wrappers around brats2d.cv.
 
-Registered on the `brats2d` group when cli.main is imported (the last import there).
+Added to the `brats2d` group by cli/main.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import click
 from brats2d.config import CHECKPOINTS, CROPS, NORMS, PreprocessConfig, TrainConfig
 from brats2d.recipes import PREDICT_DEFAULTS, RECIPES
 
-from .main import P, _device, _floats, _names, cli, config_options
+from .options import P, config_options, parse_device, parse_floats, parse_names
 
 
-@cli.command()
+@click.command()
 @click.argument("raw", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="default: runs/crossval-<recipe>")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
@@ -28,7 +28,7 @@ from .main import P, _device, _floats, _names, cli, config_options
               help="preset settings for preprocess, train and predict (explicit options still win)")
 @click.option("--include-test", is_flag=True, help="also use the seed split's test patients (excluded by default)")
 @click.option("--fold", type=click.IntRange(0), default=None, help="run only fold N (0-based), e.g. one per machine")
-@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default="auto", callback=parse_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=click.IntRange(0), default=0, help="preprocess processes (default: all cores)")
 @click.option("--restart", is_flag=True, help="start the selected folds over (also accepts changed settings in OUT)")
 @click.option("--rescore", is_flag=True,
@@ -36,9 +36,9 @@ from .main import P, _device, _floats, _names, cli, config_options
 @click.option("--postprocessing", is_flag=True,
               help="also score every held-out patient under the post-processing grid "
                    "(TTA, components, checkpoints, thresholds)")
-@click.option("--modalities", callback=_names, default=",".join(P.modalities), show_default=True,
+@click.option("--modalities", callback=parse_names, default=",".join(P.modalities), show_default=True,
               help="comma list of flair,t1,t1ce,t2")
-@click.option("--split", callback=_floats(3), default=",".join(str(f) for f in P.split), show_default=True,
+@click.option("--split", callback=parse_floats(3), default=",".join(str(f) for f in P.split), show_default=True,
               help="train,val,test: test picks the excluded seed test patients, val:train the validation share "
                    "of each fold's other patients (val 0: train on all of them, keep the last epoch)")
 @click.option("--size", type=int, default=P.size, show_default=True)
@@ -50,7 +50,7 @@ from .main import P, _device, _floats, _names, cli, config_options
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
               help="brain: resize a square box around the head, not the whole frame")
-@click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
+@click.option("--views", callback=parse_names, default=",".join(P.views), show_default=True,
               help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
 @click.option("--mirror/--no-mirror", default=P.mirror, show_default=True,
               help="also input each modality reflected left-right about the brain's centre (asymmetry cue)")
@@ -72,7 +72,7 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, train_seed: int, 
     protocol's; a recipe's values replace them unless the option is given.
     """
     from .display import crossval_table, train_progress
-    from brats2d.crossval import crossval as run
+    from brats2d.cv.crossval import crossval as run
     from brats2d.recipes import apply_recipe
 
     ctx = click.get_current_context()
@@ -90,10 +90,10 @@ def crossval(raw: str, out: str | None, folds: int, seed: int, train_seed: int, 
 
 
 
-@cli.command("crossval-ensemble")
+@click.command("crossval-ensemble")
 @click.argument("raw", type=click.Path(exists=True, file_okay=False))
 @click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default="auto", callback=parse_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="default: OUT1/ensemble-with-<OUT2>[+<OUT3>...].json")
 def crossval_ensemble(raw: str, outs: tuple[str, ...], device: str, json_path: str | None) -> None:
@@ -104,11 +104,11 @@ def crossval_ensemble(raw: str, outs: tuple[str, ...], device: str, json_path: s
     post-processing are OUT1's. Nothing is retrained.
     """
     from .display import ensemble_table
-    from brats2d.crossval import _write_json
-    from brats2d.cvensemble import ensemble
+    from brats2d.files import write_json
+    from brats2d.cv.ensemble import ensemble, ensemble_json_path
 
     res = ensemble(raw, list(outs), device=device, log=click.echo)
-    path = Path(json_path) if json_path else Path(outs[0]) / f"ensemble-with-{'+'.join(Path(o).name for o in outs[1:])}.json"
-    _write_json(path, res)
+    path = Path(json_path) if json_path else ensemble_json_path(list(outs))
+    write_json(path, res)
     ensemble_table(res)
     click.echo(f"wrote {path}")

@@ -105,7 +105,7 @@ def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> No
 
 
 def crossval_table(summary: dict[str, Any]) -> None:
-    """Per-fold and overall table of a cross-validation summary (brats2d.cvsummary.summarize)."""
+    """Per-fold and overall table of a cross-validation summary (brats2d.cv.summary.summarize)."""
     c = console()
     for region, r in summary["regions"].items():
         t = Table(title=f"{summary['folds']}-fold cross-validation, recipe {summary['recipe']}, region {region} "
@@ -150,7 +150,7 @@ def crossval_table(summary: dict[str, Any]) -> None:
 
 
 def ensemble_table(res: dict[str, Any]) -> None:
-    """The cross-run ensemble against the first cross-validation alone (brats2d.cvensemble.ensemble)."""
+    """The cross-run ensemble against the first cross-validation alone (brats2d.cv.ensemble.ensemble)."""
     c = console()
     for region, r in res["regions"].items():
         t = Table(title=f"ensemble of {' + '.join(res['outs'])}, region {region} (whole-volume 3D Dice per "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -13,8 +12,9 @@ from brats2d import __version__
 from brats2d.config import CHECKPOINTS, CROPS, NORMS, ConfigError, PreprocessConfig, TrainConfig
 from brats2d.recipes import RECIPES  # light: no heavy imports
 
+from .options import P, config_options, parse_device, parse_floats, parse_names
+
 DEFAULT_CACHE = "data_cache/brats2d.h5"
-P, T = PreprocessConfig(), TrainConfig()
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -44,49 +44,10 @@ class Group(click.Group):
             sys.exit(2)
 
 
-def _floats(n: int | None = None) -> Callable[[Any, Any, str], tuple[float, ...]]:
-    def parse(ctx: Any, param: Any, value: str) -> tuple[float, ...]:
-        try:
-            out = tuple(float(v) for v in str(value).split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-        if n is not None and len(out) != n:
-            raise click.BadParameter(f"expected {n} comma-separated numbers, got {value!r}")
-        return out
-    return parse
-
-
-def _device(ctx: Any, param: Any, value: str) -> str:
-    import re
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
-        raise click.BadParameter(f"{value!r} (choose from auto, cpu, cuda, cuda:N)")
-    return value.strip()
-
-
 def _threshold(ctx: Any, param: Any, value: float | None) -> float | None:
     if value is not None and not 0.0 < value < 1.0:  # also refuses nan
         raise click.BadParameter(f"must be in (0, 1), got {value}")
     return value
-
-
-def _names(ctx: Any, param: Any, value: str) -> tuple[str, ...]:
-    return tuple(v.strip().lower() for v in value.split(",") if v.strip())
-
-
-def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """One --option per config field, defaults from the dataclass (one source of truth)."""
-    def deco(f: Callable) -> Callable:
-        for fld in reversed(dataclasses.fields(cls)):
-            if fld.name in skip:
-                continue
-            name, default = fld.name.replace("_", "-"), fld.default
-            if isinstance(default, bool):
-                f = click.option(f"--{name}/--no-{name}", default=default, show_default=True)(f)
-            else:
-                f = click.option(f"--{name}", type=type(default), default=default, show_default=True)(f)
-        return f
-    return deco
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,7 +60,7 @@ def cli() -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--patients", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--shape", callback=_floats(3), default="240,240,155", show_default=True, help="X,Y,Z voxels")
+@click.option("--shape", callback=parse_floats(3), default="240,240,155", show_default=True, help="X,Y,Z voxels")
 @click.option("--naming", type=click.Choice(["2021", "2023"]), default="2021", show_default=True)
 def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: str) -> None:
     """Write synthetic BraTS-like patients (FLAIR, T1, T1ce, T2, seg) to OUT."""
@@ -115,10 +76,10 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @cli.command()
 @click.argument("raw", type=click.Path())
 @click.option("--out", default=DEFAULT_CACHE, show_default=True, help="cache file to write")
-@click.option("--modalities", callback=_names, default="flair", show_default=True, help="comma list of flair,t1,t1ce,t2")
+@click.option("--modalities", callback=parse_names, default="flair", show_default=True, help="comma list of flair,t1,t1ce,t2")
 @click.option("--size", type=int, default=P.size, show_default=True)
 @click.option("--region", type=click.Choice(["wt", "tc", "et", "all"]), default=P.region, show_default=True)
-@click.option("--split", callback=_floats(3), default="0.7,0.15,0.15", show_default=True, help="train,val,test")
+@click.option("--split", callback=parse_floats(3), default="0.7,0.15,0.15", show_default=True, help="train,val,test")
 @click.option("--seed", type=int, default=P.seed, show_default=True)
 @click.option("--splits-file", type=click.Path(exists=True, dir_okay=False), help="reuse a saved split exactly")
 @click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True, help="fraction of tumour-free brain slices kept")
@@ -127,7 +88,7 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
               help="2.5D: neighbouring slices per side as extra input channels")
 @click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
               help="brain: resize a square box around the head, not the whole frame")
-@click.option("--views", callback=_names, default=",".join(P.views), show_default=True,
+@click.option("--views", callback=parse_names, default=",".join(P.views), show_default=True,
               help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
 @click.option("--mirror/--no-mirror", default=P.mirror, show_default=True,
               help="also input each modality reflected left-right about the brain's centre (asymmetry cue)")
@@ -158,7 +119,7 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 @cli.command()
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, type=click.Path())
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", callback=_device, show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default="auto", callback=parse_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--restart", is_flag=True, help="start over instead of resuming")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
@@ -189,7 +150,7 @@ def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool
 @click.option("--keep-largest", is_flag=True, help="whole volumes: keep only the largest 3D component")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="its predict settings (min-size, tta, keep-largest, checkpoint)")
-@click.option("--device", default="auto", callback=_device, show_default=True)
+@click.option("--device", default="auto", callback=parse_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
              tta: bool, min_size: int, keep_largest: bool, recipe: str | None, device: str, json_path: str | None) -> None:
@@ -223,7 +184,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--keep-largest", is_flag=True, help="keep only the largest 3D component of each region")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="its predict settings (min-size, tta, keep-largest, checkpoint)")
-@click.option("--device", default="auto", callback=_device, show_default=True)
+@click.option("--device", default="auto", callback=parse_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpoint: str, threshold: float | None,
             probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
             device: str) -> None:
@@ -249,7 +210,7 @@ def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpo
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--uncertainty", is_flag=True, help="add a TTA uncertainty column to overlays.png")
-@click.option("--device", default="auto", callback=_device, show_default=True)
+@click.option("--device", default="auto", callback=parse_device, show_default=True)
 def report(run_dir: str, split: str, uncertainty: bool, device: str) -> None:
     """Write curves.png and overlays.png for a run."""
     from brats2d.report import report as run
@@ -263,7 +224,7 @@ def report(run_dir: str, split: str, uncertainty: bool, device: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--patients", type=click.IntRange(4), default=16, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--shape", callback=_floats(3), default="240,240,155", show_default=True)
+@click.option("--shape", callback=parse_floats(3), default="240,240,155", show_default=True)
 @click.option("--base-channels", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--size", type=int, default=96, show_default=True)
 def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ...], base_channels: int, size: int) -> None:
@@ -275,7 +236,10 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
              base_channels=base_channels, size=size, echo=console().print)
 
 
-from . import crossval as _crossval_commands  # noqa: E402,F401  (registers crossval, crossval-ensemble)
+from .crossval import crossval, crossval_ensemble  # noqa: E402  (after the commands above: help lists them first)
+
+cli.add_command(crossval)
+cli.add_command(crossval_ensemble)
 
 
 if __name__ == "__main__":

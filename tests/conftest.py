@@ -75,15 +75,35 @@ def _repo_stays_clean() -> Any:
     assert not new, f"tests left files in the repository root: {new}"
 
 
-def bench_script(name: str) -> Any:
-    """benchmarks/<name>.py loaded as a module (benchmarks/ is not a package: load the script by path)."""
+def script(folder: str, name: str) -> Any:
+    """<folder>/<name>.py (folder "benchmarks" or "experiments") loaded as a module, as `python
+    <folder>/<name>.py` would import it: with its folder first on sys.path, so its `import common` finds
+    <folder>/common.py (both folders have one, so `common` is imported afresh for each script)."""
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    where = Path(__file__).resolve().parents[1] / folder
+    spec = importlib.util.spec_from_file_location(name, where / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
+    saved = sys.modules.pop("common", None)
+    sys.path.insert(0, str(where))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(where))
+        sys.modules.pop("common", None)
+        if saved is not None:
+            sys.modules["common"] = saved
     return mod
+
+
+def bench_script(name: str) -> Any:
+    """benchmarks/<name>.py loaded as a module."""
+    return script("benchmarks", name)
+
+
+def experiment_script(name: str) -> Any:
+    """experiments/<name>.py loaded as a module."""
+    return script("experiments", name)

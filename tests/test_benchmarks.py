@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/bench_loader.py and bench_preprocess.py: they run and write sane JSON.
+"""Smoke tests of benchmarks/bench_loader.py and bench_preprocess.py (and experiments/resolution_ceiling.py):
+they run and write sane JSON.
 
 Correctness only: every row is there with positive numbers. Wall times are never asserted (the
 machine is shared; speed claims live in the benchmarks' own output).
@@ -13,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, tmp_path: Path, *args: str) -> dict:
+def _run(script: str, tmp_path: Path, *args: str, folder: str = "benchmarks") -> dict:
     out = tmp_path / f"out-{script}.json"
-    cmd = [sys.executable, str(BENCH / script), "--quick", "--json", str(out), "--workdir", str(tmp_path), *args]
+    cmd = [sys.executable, str(ROOT / folder / script), "--quick", "--json", str(out), "--workdir", str(tmp_path), *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "total" in res.stdout  # the rich report was printed
@@ -103,7 +104,7 @@ def test_bench_loader_on_a_product_cache(tmp_path: Path, tiny_cache: Path) -> No
 
 
 def test_resolution_ceiling_quick(tmp_path: Path) -> None:
-    res = _run("resolution_ceiling.py", tmp_path)
+    res = _run("resolution_ceiling.py", tmp_path, folder="experiments")
     rows = {r["name"]: r for r in res["rows"]}
     assert list(rows) == ["64x64", "96x96", "128x128", "160x160", "96x96, brain crop"]
     for r in rows.values():

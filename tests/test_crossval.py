@@ -18,14 +18,15 @@ from click.testing import CliRunner
 from brats2d import cache, checkpoint
 from brats2d.cli.main import cli
 from brats2d.config import ConfigError, PreprocessConfig
-from brats2d.crossval import POSTPROCESSING_GRID, CrossvalError, crossval, make_folds, settings
-from brats2d.cvsummary import summarize
+from brats2d.cv.crossval import crossval
+from brats2d.cv.plan import POSTPROCESSING_GRID, CrossvalError, make_folds, settings
+from brats2d.cv.summary import summarize
 from brats2d.evaluate import evaluate_volumes
 from brats2d.inference import load_predictor
 from brats2d.nifti import discover
 from brats2d.splits import split_patients
 
-from .conftest import SIZE, TINY, bench_script
+from .conftest import SIZE, TINY, experiment_script
 
 TRAIN = {**TINY, "epochs": 3, "lr": 3e-3}  # enough to score above 0, so the averages are checked on real numbers
 OVERRIDES = {"preprocess": {"size": SIZE}, "train": TRAIN}
@@ -273,7 +274,7 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
 
 def test_crossval_ensemble_averages_the_folders_models_on_their_held_out_patients(
         cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
-    from brats2d.cvensemble import ensemble
+    from brats2d.cv.ensemble import ensemble
 
     a, _ = cv
     kw = dict(folds=3, seed=42, recipe="seed", include_test=True, device="cpu", workers=1, log=lambda m: None)
@@ -329,7 +330,7 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
     pred[0, :2, 0] = True  # half the core found
     image = np.ones(seg.shape, np.float32)
     image[seg == 2] = 3.0
-    r = bench_script("failure_analysis").analyse(image, seg, pred, et_label=4)
+    r = experiment_script("failure_analysis").analyse(image, seg, pred, et_label=4)
     assert r["missed"] == {"core": 0.5, "oedema": 0.0, "enhancing": None}
     assert r["volume_ratio"] == pytest.approx(10 / 12) and r["dice"] == pytest.approx(20 / 22)
     assert r["z"]["found"] > r["z"]["normal"] == r["z"]["missed"]  # the missed core is as bright as normal brain
@@ -339,12 +340,12 @@ def test_failure_analysis_counts_each_labels_misses() -> None:
     assert r["both_sides"] == 0.0 and r["asym"]["missed"] == pytest.approx(0.0, abs=1e-6)
     sym = np.zeros_like(seg)
     sym[[0, 5], :4, 0] = 2  # the same oedema on both sides
-    r2 = bench_script("failure_analysis").analyse(image, sym, sym > 0, et_label=4)
+    r2 = experiment_script("failure_analysis").analyse(image, sym, sym > 0, et_label=4)
     assert r2["both_sides"] == 1.0 and r2["asym"]["missed"] is None
 
 
 def test_failure_analysis_fills_holes_in_every_plane() -> None:
-    fa = bench_script("failure_analysis")
+    fa = experiment_script("failure_analysis")
     seg = np.zeros((7, 7, 7), np.uint8)
     seg[1:6, 1:6, 1:6] = 2
     seg[2:5, 2:5, 2:5] = 1  # a core enclosed by oedema
@@ -359,7 +360,7 @@ def test_failure_analysis_fills_holes_in_every_plane() -> None:
 
 
 def test_inference_screen_morphology_adds_to_the_mask_where_it_should() -> None:
-    screen = bench_script("inference_screen")
+    screen = experiment_script("inference_screen")
     mask = np.zeros((12, 12, 12), bool)
     mask[2:5, 2:8, 2:8] = mask[6:9, 2:8, 2:8] = True  # two slabs with a one-voxel gap at x = 5
     prob = np.where(mask, 0.9, 0.0)
@@ -374,13 +375,13 @@ def test_inference_screen_morphology_adds_to_the_mask_where_it_should() -> None:
 
 
 def test_inference_screen_adabn_adapts_then_restores(cv: tuple[Path, dict], raw_dir: Path) -> None:
-    from brats2d.predict import _load
+    from brats2d.predict import load_case
 
-    screen = bench_script("inference_screen")
+    screen = experiment_script("inference_screen")
     pred = load_predictor(cv[0] / "fold0" / "run", device="cpu")
     bn = next(m for m in pred.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = {k: v.clone() for k, v in pred.model.state_dict().items()}
-    _, image, _, _ = _load(pred, next(p for p in sorted(raw_dir.iterdir()) if p.is_dir()))
+    _, image, _, _ = load_case(pred, next(p for p in sorted(raw_dir.iterdir()) if p.is_dir()))
     plain = pred.volume(image)[0]
     before_mean = bn.running_mean.clone()
     with screen.adapted_batchnorm(pred, image):
@@ -393,7 +394,7 @@ def test_inference_screen_adabn_adapts_then_restores(cv: tuple[Path, dict], raw_
 
 def test_inference_screen_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
     out, summary = cv
-    res = bench_script("inference_screen").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "s.json")])
+    res = experiment_script("inference_screen").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "s.json")])
     want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
     assert {r["patient"]: r["dice"]["recipe"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
     assert set(res["variants"]) == {"recipe", "close 1", "close 2", "close 3", "dilate 1", "hysteresis 0.2",
@@ -404,7 +405,7 @@ def test_inference_screen_reproduces_the_folds_scores(cv: tuple[Path, dict], raw
 
 def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
     out, summary = cv
-    res = bench_script("failure_analysis").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fa.json")])
+    res = experiment_script("failure_analysis").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fa.json")])
     want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
     assert {r["patient"]: r["dice"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
     assert sum(g["patients"] for g in res["summary"].values()) == len(want)
@@ -414,7 +415,7 @@ def test_failure_analysis_reproduces_the_folds_scores(cv: tuple[Path, dict], raw
 
 
 def test_fit_ceiling_averages_each_patients_folds_by_role() -> None:
-    fc = bench_script("fit_ceiling")
+    fc = experiment_script("fit_ceiling")
     rows = fc.per_patient([("a", "test", 0, 0.5), ("a", "train", 1, 0.8), ("a", "train", 2, 0.9),
                            ("b", "train", 0, 0.7), ("b", "test", 1, 0.9), ("b", "val", 2, 0.6), ("c", "train", 0, 1.0)])
     assert [r["patient"] for r in rows] == ["a", "b", "c"]  # by held-out Dice; never held out last
@@ -430,7 +431,7 @@ def test_fit_ceiling_averages_each_patients_folds_by_role() -> None:
 
 def test_fit_ceiling_predicts_every_patient_in_every_role(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
     out, summary = cv
-    res = bench_script("fit_ceiling").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fc.json")])
+    res = experiment_script("fit_ceiling").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "fc.json")])
     want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
     assert {r["patient"]: r["test"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
     splits = [cache.read_meta(out / f"fold{i}" / "cache.h5").splits for i in range(3)]

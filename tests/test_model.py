@@ -127,11 +127,11 @@ def test_autocast_context_on_cpu() -> None:
 
 @pytest.mark.parametrize("variant", ["naive", "channels_last+bf16+no-sync"])
 def test_benchmark_core_runs_one_variant(variant: str) -> None:
-    bench = bench_script("bench_train")
+    bench = bench_script("train_variants")
     row = bench.measure_variant(variant, batch=2, steps=2, base=4, depth=2, size=S, warmup=0)
     assert row["name"] == variant and row["batch"] == 2 and row["images_per_s"] > 0
 
 
 def test_benchmark_synthetic_task_is_balanced() -> None:
-    x, y = bench_script("bench_train").synthetic_task(4, S)
+    x, y = bench_script("train_variants").synthetic_task(4, S)
     assert x.shape == y.shape == (4, 1, S, S) and 0.4 < float(y.mean()) < 0.6

@@ -34,7 +34,7 @@ class Identity(nn.Module):
         return 40.0 * (x[:, :1] - 0.5)
 
 
-def _mask_as_flair(raw: Path) -> None:
+def mask_as_flair(raw: Path) -> None:
     """Replace each FLAIR with its seg > 0 (tumour 1000, rest 0), keeping the NIfTI geometry."""
     for folder in sorted(p for p in raw.iterdir() if p.is_dir()):
         case = folder.name
@@ -46,7 +46,7 @@ def _mask_as_flair(raw: Path) -> None:
 
 def test_identity_model_through_the_full_predict_path(tmp_path: Path) -> None:
     raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
-    _mask_as_flair(raw)
+    mask_as_flair(raw)
     pred = Predictor([Identity()], TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48),
                      torch.device("cpu"), "fp32", tmp_path, "")
     rows, errors = predict(pred, [raw], tmp_path / "out", threshold=0.5)
@@ -76,7 +76,7 @@ def test_postprocess_drops_small_or_all_but_the_largest_component() -> None:
 
 def test_score_variants_match_predict_case_and_post_processing_helps(tmp_path: Path) -> None:
     raw = make_tree(tmp_path / "raw", patients=1, shape=(64, 64, 20))
-    _mask_as_flair(raw)
+    mask_as_flair(raw)
     folder = next(p for p in raw.iterdir() if p.is_dir())
     path = folder / f"{folder.name}_flair.nii.gz"
     img = nib.load(str(path))
@@ -262,7 +262,7 @@ def test_predict_feeds_the_model_what_training_saw(raw_dir: Path, tiny_cache: Pa
     """2.5D stacks, z-scored, cropped and mirrored inputs are rebuilt from the raw volume exactly as the cache holds them."""
     from brats2d import cache
     from brats2d.cache import CacheError
-    from brats2d.predict import _load
+    from brats2d.predict import load_case
     from brats2d.preprocess import preprocess
 
     cache_path = tmp_path / "ctx.h5"
@@ -276,7 +276,7 @@ def test_predict_feeds_the_model_what_training_saw(raw_dir: Path, tiny_cache: Pa
     pred.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().float().cpu().numpy()))
     patients, slices = cache.read_index(cache_path, "train")
     case = str(patients[0])
-    _, image, _, _ = _load(pred, raw_dir / case)
+    _, image, _, _ = load_case(pred, raw_dir / case)
     prob, _ = pred.volume(image)
     fed = np.concatenate(seen)  # (n head slices, C', S, S), in z order
     head = np.flatnonzero(image.any(axis=(0, 1, 2)))

@@ -19,8 +19,8 @@ from brats2d.head import Head
 from brats2d.slicing import Prepared, resize_slices
 from brats2d.views import VIEWS, from_view, to_view
 
-from .conftest import SIZE, bench_script, make_tree
-from .test_predict import Identity, _mask_as_flair
+from .conftest import SIZE, experiment_script, make_tree
+from .test_predict import Identity, mask_as_flair
 
 
 def test_planes_are_the_right_slices_padded_square_and_invert() -> None:
@@ -114,7 +114,7 @@ def test_fused_prediction_averages_the_planes_and_finds_the_tumour(tmp_path: Pat
         pred.volume_prepared(whole, views=("oblique",))
 
     raw = make_tree(tmp_path / "raw", patients=2, shape=(64, 64, 20))
-    _mask_as_flair(raw)
+    mask_as_flair(raw)
     pred = Predictor([Identity()], TrainConfig(channels_last=False, precision="fp32"), PreprocessConfig(size=48, views=VIEWS),
                      torch.device("cpu"), "fp32", tmp_path, "")
     rows, errors = predict(pred, [raw], tmp_path / "out", threshold=0.5)
@@ -136,7 +136,7 @@ def test_cli_preprocess_takes_views(raw_dir: Path, tmp_path: Path) -> None:
 
 
 def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Path) -> None:
-    from brats2d.crossval import crossval
+    from brats2d.cv.crossval import crossval
 
     from .conftest import TINY
 
@@ -146,7 +146,7 @@ def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Pat
     summary = crossval(raw_dir, out, folds=2, seed=42, recipe="seed", overrides=over, include_test=True,
                        device="cpu", workers=1, log=lambda m: None)
     assert summary["complete"]
-    res = bench_script("view_ablation").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "va.json")])
+    res = experiment_script("view_ablation").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "va.json")])
     assert list(res["summary"]) == ["axial", "coronal", "sagittal", "axial+coronal", "axial+sagittal",
                                     "coronal+sagittal", "axial+coronal+sagittal"]
     # the fused column is what crossval scored; single planes are other predictions
@@ -160,4 +160,4 @@ def test_multi_view_crossval_and_its_plane_ablation(raw_dir: Path, tmp_path: Pat
     crossval(raw_dir, plain, folds=2, seed=42, recipe="seed", overrides={**over, "preprocess": {"size": SIZE}},
              include_test=True, device="cpu", workers=1, log=lambda m: None, fold=0)
     with pytest.raises(SystemExit):
-        bench_script("view_ablation").main([str(plain), "--raw", str(raw_dir)])
+        experiment_script("view_ablation").main([str(plain), "--raw", str(raw_dir)])

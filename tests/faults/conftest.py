@@ -85,7 +85,8 @@ runpy.run_module("brats2d", run_name="__main__", alter_sys=True)
 '''
 
 
-def _env(faults: list[dict[str, Any]] | None) -> dict[str, str]:
+def cli_env(faults: list[dict[str, Any]] | None) -> dict[str, str]:
+    """The environment of a `python -m brats2d` subprocess: `faults` planted, one thread, plain output."""
     env = dict(os.environ, BRATS2D_FAULTS=json.dumps(faults or []), OMP_NUM_THREADS="1", PYTHONHASHSEED="0",
                COLUMNS="200", TERM="dumb", NO_COLOR="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -95,12 +96,12 @@ def _env(faults: list[dict[str, Any]] | None) -> dict[str, str]:
 def run_cli(args: list[str], faults: list[dict[str, Any]] | None = None, timeout: float = 180,
             **kw: Any) -> subprocess.CompletedProcess:
     """`python -m brats2d ARGS` in a subprocess, with `faults` planted."""
-    return subprocess.run([sys.executable, "-c", DRIVER, *map(str, args)], env=_env(faults), cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", DRIVER, *map(str, args)], env=cli_env(faults), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def spawn_cli(args: list[str], faults: list[dict[str, Any]] | None = None, **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, args)], env=_env(faults), cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, args)], env=cli_env(faults), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from brats2d.cli.main import cli
 
-from .conftest import ROOT, TINY_CLI, _env, assert_one_line_error
+from .conftest import ROOT, TINY_CLI, cli_env, assert_one_line_error
 
 
 @pytest.fixture()
@@ -97,7 +97,7 @@ def test_malformed_input_is_one_line_error(places: dict[str, str], what: str, ar
 
 def test_real_process_prints_exactly_one_line(raw_dir: Path, tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "brats2d", "preprocess", str(raw_dir), "--out", str(tmp_path / "c.h5"),
-                        "--size", "-1"], capture_output=True, text=True, timeout=120, env=_env(None), cwd=ROOT)
+                        "--size", "-1"], capture_output=True, text=True, timeout=120, env=cli_env(None), cwd=ROOT)
     assert p.returncode == 2
     assert p.stderr == "brats2d: error: size: -1 is outside 8..1024\n"
     assert p.stdout == ""

@@ -19,7 +19,7 @@ from brats2d.cli.main import cli
 from brats2d.config import PreprocessConfig
 from brats2d.preprocess import preprocess
 
-from .conftest import DRIVER, ROOT, TINY_CLI, _env, assert_one_line_error, copy_cache, file_digest, leftovers, \
+from .conftest import DRIVER, ROOT, TINY_CLI, cli_env, assert_one_line_error, copy_cache, file_digest, leftovers, \
     unshare_ok
 
 
@@ -130,7 +130,7 @@ def _in_tmpfs(disk: Path, size: int, setup: str, args: list, faults: list | None
               f"rm -f {shlex.quote(str(disk / 'filler'))}\n"
               f"cp -a {shlex.quote(str(disk))}/. {shlex.quote(str(after))}/\nexit $rc\n")
     disk.mkdir(exist_ok=True)
-    p = subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=_env(faults), cwd=ROOT, capture_output=True,
+    p = subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=cli_env(faults), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode != 99, p.stderr
     return p.returncode, (disk.parent / "stderr").read_text(), after

@@ -28,7 +28,7 @@ KILL_POINTS = [
     ("before-fsync", [{"target": "os:fsync", "do": "kill"}], "old"),
     ("before-rename", [{"target": "os:replace", "match": "cache.h5", "do": "kill"}], "old"),
     ("after-rename", [{"target": "os:replace", "match": "cache.h5", "when": "after", "do": "kill"}], "new"),
-    ("between-sidecars", [{"target": "brats2d.preprocess:_write_atomic", "do": "kill"}], "new"),
+    ("between-sidecars", [{"target": "brats2d.preprocess:write_text", "match": "config.json", "do": "kill"}], "new"),
     ("sidecar-temp-written", [{"target": "os:replace", "match": "config.json", "do": "kill"}], "new"),
 ]
 

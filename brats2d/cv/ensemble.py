@@ -17,8 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .crossval import PLAN, CrossvalError, _read, finished_fold, with_defaults
-from .cvsummary import paired
+from .plan import CrossvalError, finished_fold, load_plan
+from .summary import paired
+
+
+def ensemble_json_path(outs: list[str | Path]) -> Path:
+    """Where `brats2d crossval-ensemble` writes its result by default: OUT1/ensemble-with-<OUT2>[+<OUT3>...].json."""
+    return Path(outs[0]) / f"ensemble-with-{'+'.join(Path(o).name for o in outs[1:])}.json"
 
 
 def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
@@ -30,19 +35,14 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
     first_dice}], dice, first_dice, hd95_median, fold_dice, paired: {mean, se, better, worse}}}}, paired
     being the ensemble minus the first folder.
     """
-    from .evaluate import _describe
-    from .inference import load_predictor
-    from .predict import _load, _scores, postprocess
+    from ..evaluate import describe
+    from ..inference import load_predictor
+    from ..predict import load_case, postprocess, score_masks
 
     dirs = [Path(o) for o in outs]
     if len(dirs) < 2:
         raise CrossvalError("crossval-ensemble: give at least two cross-validation folders")
-    plans = []
-    for d in dirs:
-        plan = _read(d / PLAN)
-        if plan is None:
-            raise CrossvalError(f"{d}: no {PLAN} (not a cross-validation folder)")
-        plans.append(with_defaults(plan))
+    plans = [load_plan(d) for d in dirs]
     for d, p in zip(dirs[1:], plans[1:]):
         if [s["test"] for s in p["splits"]] != [s["test"] for s in plans[0]["splits"]]:
             raise CrossvalError(f"{d}: other folds than {dirs[0]} (held-out patients differ); an ensemble needs "
@@ -68,11 +68,11 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
         for case in firsts["patients"]["test"]:
             probs = []
             for m, p in zip(members, plans):
-                patient, image, seg, spacing = _load(m, Path(raw) / case)
+                patient, image, seg, spacing = load_case(m, Path(raw) / case)
                 probs.append(m.volume(image, tta=bool(p["predict"]["tta"]))[0])  # (K, X, Y, Z)
             mean = np.mean(probs, axis=0)
             masks = np.stack([postprocess(k > threshold, int(own["min_size"]), bool(own["keep_largest"])) for k in mean])
-            for region, s in _scores(members[0], patient, masks, seg, spacing).items():
+            for region, s in score_masks(members[0], patient, masks, seg, spacing).items():
                 rows.setdefault(region, []).append({"patient": case, "fold": i, "dice": s["dice"], "hd95": s["hd95"],
                                                     "first_dice": first[region][case]["dice"]})
         log(f"fold {i} ({i + 1} of {plans[0]['folds']}): " + "; ".join(
@@ -86,9 +86,9 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
         delta = np.array([p["dice"] - p["first_dice"] for p in pp])
         folds = sorted({p["fold"] for p in pp})
         regions[region] = {
-            "per_patient": pp, "dice": _describe([p["dice"] for p in pp]),
-            "first_dice": _describe([p["first_dice"] for p in pp]),
+            "per_patient": pp, "dice": describe([p["dice"] for p in pp]),
+            "first_dice": describe([p["first_dice"] for p in pp]),
             "hd95_median": float(np.median([p["hd95"] for p in pp])),
-            "fold_dice": _describe([float(np.mean([p["dice"] for p in pp if p["fold"] == f])) for f in folds]),
+            "fold_dice": describe([float(np.mean([p["dice"] for p in pp if p["fold"] == f])) for f in folds]),
             "paired": paired(delta)}
     return {"outs": [str(d) for d in dirs], "predict": own, "missing_folds": missing, "regions": regions}

@@ -41,90 +41,16 @@ with earlier folds. ``fold=i`` runs one fold: folds can run on different machine
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from .config import ConfigError, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
-from .config import with_defaults as fill_defaults
-from .recipes import PREDICT_DEFAULTS, predict_settings, recipe as recipe_stage
-from .splits import kfold, load_splits, save_splits, split_patients
-
-PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
-STAGES = ("preprocess", "train", "predict")
-_CHECKPOINT_LABEL = {"best": "", "latest": "last epoch, ", "best+latest": "best+last ensemble, "}
-POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
-    f"{_CHECKPOINT_LABEL[ck]}{'TTA, ' if tta else ''}{name}":
-        {"checkpoint": ck, "tta": tta, "min_size": min_size, "keep_largest": largest}
-    for ck, tta in (("best", False), ("best", True), ("latest", False), ("best+latest", False))
-    for name, min_size, largest in (("none", 0, False), ("drop < 100 voxels", 100, False), ("largest only", 0, True))}
-# The threshold on the ensemble's mean probability, where under- and over-segmentation trade off; these
-# cells reuse the ensemble's probabilities, so they cost no forward pass. (Other cells use the run's threshold.)
-POSTPROCESSING_GRID.update({
-    f"best+last ensemble, largest only, threshold {t}":
-        {"checkpoint": "best+latest", "tta": False, "min_size": 0, "keep_largest": True, "threshold": t}
-    for t in (0.3, 0.4, 0.45, 0.55, 0.6)})
-
-
-class CrossvalError(ValueError):
-    """The cross-validation cannot run as asked; the message says why and what to do."""
-
-
-def settings(recipe: str | None, overrides: dict[str, dict[str, Any]] | None = None
-             ) -> tuple[PreprocessConfig, TrainConfig, dict[str, Any]]:
-    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage]."""
-    ov = overrides or {}
-    if set(ov) - set(STAGES):
-        raise ConfigError(f"overrides: unknown stage(s) {', '.join(sorted(set(ov) - set(STAGES)))}")
-    pcfg = from_dict(PreprocessConfig, {**recipe_stage(recipe, "preprocess"), **ov.get("preprocess", {})})
-    tcfg = from_dict(TrainConfig, {**recipe_stage(recipe, "train"), **ov.get("train", {})})
-    return pcfg, tcfg, predict_settings(recipe, ov.get("predict"))
-
-
-def make_folds(cases: list[str], folds: int, seed: int, pcfg: PreprocessConfig,
-               include_test: bool = False) -> dict[str, Any]:
-    """{"excluded": seed test patients (or []), "splits": per fold {train, val, test = held-out}}."""
-    excluded = [] if include_test else split_patients(cases, pcfg.split, pcfg.seed)["test"]
-    pool = sorted(set(cases) - set(excluded))
-    if not 2 <= folds <= len(pool):
-        raise CrossvalError(f"folds: need 2 <= folds <= {len(pool)} (patients available to CV"
-                            f"{'' if include_test else f' after excluding {len(excluded)} seed test patients'}), got {folds}")
-    share = pcfg.split[1] / (pcfg.split[0] + pcfg.split[1])
-    out = []
-    for i, held in enumerate(kfold(pool, folds, seed)):
-        rest = sorted(set(pool) - set(held))
-        need = 2 if share > 0 else 1
-        if len(rest) < need:
-            raise CrossvalError(f"fold {i}: {len(rest)} patient(s) outside the held-out fold; need >= {need} "
-                                f"({'train and val' if share > 0 else 'train'})")
-        # share 0 (a split like 0.85,0,0.15): every other patient trains and the last epoch is the model.
-        n_val = 0 if share == 0 else min(len(rest) - 1, max(1, int(round(share * len(rest)))))
-        order = np.random.default_rng([seed, i]).permutation(len(rest))
-        val = sorted(rest[j] for j in order[:n_val])
-        out.append({"train": sorted(set(rest) - set(val)), "val": val, "test": held})
-    return {"excluded": excluded, "splits": out}
-
-
-def fold_settings(plan: dict[str, Any], i: int) -> dict[str, Any]:
-    """What a fold's metrics.json must record for the fold to count as finished for `plan`."""
-    keep = ("recipe", "folds", "seed", "include_test", "preprocess", "train", "predict")
-    return {**{k: plan[k] for k in keep}, "fold": i, "splits": plan["splits"][i]}
-
-
-def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
-    """A plan or fold settings dict written before a setting existed, with that setting's default
-    filled in (what those folds used), so older output folders still resume and summarize."""
-    out = dict(settings)
-    for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
-        if isinstance(out.get(key), dict):
-            out[key] = fill_defaults(cls, out[key])
-    if isinstance(out.get("predict"), dict):
-        out["predict"] = {**PREDICT_DEFAULTS, **out["predict"]}
-    return out
-
+from ..config import PreprocessConfig, TrainConfig, diff, from_dict, to_dict
+from ..files import read_json, write_json
+from ..splits import load_splits, save_splits
+from .plan import (METRICS, PLAN, POSTPROCESSING_GRID, CrossvalError, fill_plan_defaults, flat, fold_settings,
+                   make_folds, settings)
+from .summary import summarize
 
 def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, seed: int = 42,
              recipe: str | None = "seed", overrides: dict[str, dict[str, Any]] | None = None,
@@ -132,7 +58,7 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
              restart: bool = False, rescore: bool = False, postprocessing: bool = False,
              log: Callable[[str], None] = print, progress: Any = None) -> dict[str, Any]:
     """Run (or resume) the folds of a cross-validation and return the summary (see the module docstring)."""
-    from .nifti import discover
+    from ..nifti import discover
 
     pcfg, tcfg, pred = settings(recipe, overrides)
     out = Path(out) if out is not None else Path(f"runs/crossval-{recipe or 'seed'}")
@@ -143,10 +69,10 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
         "recipe": recipe, "raw": str(Path(raw).resolve()), "folds": folds, "seed": seed,
         "include_test": include_test, "patients": sorted(cases), "preprocess": to_dict(pcfg),
         "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
-    old = _read(out / PLAN)
+    old = read_json(out / PLAN)
     if old is not None and not restart:
-        old = with_defaults(old)
-        changes = diff(_flat({**old, "raw": None}), _flat({**plan, "raw": None}))
+        old = fill_plan_defaults(old)
+        changes = diff(flat({**old, "raw": None}), flat({**plan, "raw": None}))
         predict_only = all(c.startswith("predict.") for c in changes)
         if changes and rescore and predict_only:
             log(f"{out}: predict settings changed ({'; '.join(changes)}); re-scoring the trained folds")
@@ -156,14 +82,11 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
                                 "Differences (there -> now):\n  " + "\n  ".join(c if len(c) < 160 else
                                                                                  c.split(":")[0] + ": changed" for c in changes))
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / PLAN, plan)
+    write_json(out / PLAN, plan)
     for i in [fold] if fold is not None else range(folds):
         run_fold(raw, out, plan, i, device=device, workers=workers, restart=restart, rescore=rescore,
                  postprocessing=postprocessing, log=log, progress=progress)
-    from .cvsummary import summarize  # it reads folders through this module's helpers
-
     return summarize(out)
-
 
 def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device: str = "auto", workers: int = 0,
              restart: bool = False, rescore: bool = False, postprocessing: bool = False,
@@ -172,13 +95,13 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
 
     With `rescore` a fold that has metrics.json is only scored again, with the model it trained.
     """
-    from .cache import read_meta
-    from .preprocess import preprocess, splits_path
-    from .train import train
+    from ..cache import read_meta
+    from ..preprocess import preprocess, splits_path
+    from ..train import train
 
     d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
-    done = _read(d / METRICS)
-    if done is not None and with_defaults(done.get("settings", {})) == ident and not (restart or rescore):
+    done = read_json(d / METRICS)
+    if done is not None and fill_plan_defaults(done.get("settings", {})) == ident and not (restart or rescore):
         log(f"fold {i} ({i + 1} of {k}): finished earlier ({d / METRICS}); skipped")
         return done
     if done is not None and rescore and not restart:
@@ -189,7 +112,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
         scores = _score_fold(raw, d, plan, device, postprocessing)
         metrics = {**{key: v for key, v in done.items() if key != "postprocessing"}, "settings": ident, **scores,
                    "seconds": {**done["seconds"], "evaluate": round(time.perf_counter() - t0, 2)}}
-        _write_json(d / METRICS, metrics)
+        write_json(d / METRICS, metrics)
         _log_fold(log, i, k, metrics)
         return metrics
     splits = plan["splits"][i]
@@ -218,16 +141,15 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
         "skipped": sorted(set(listed) - set(meta.patients)), **scores,
         "train_minutes": sum(h["seconds"] for h in history) / 60, "history": history,
         "seconds": {"preprocess": round(t1 - t0, 2), "train": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)}}
-    _write_json(d / METRICS, metrics)
+    write_json(d / METRICS, metrics)
     _log_fold(log, i, k, metrics)
     return metrics
 
-
 def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, postprocessing: bool) -> dict[str, Any]:
     """{volume, slices[, postprocessing]} of fold folder `d`'s best model on its held-out patients."""
-    from .cache import read_meta
-    from .evaluate import evaluate_cache, evaluate_variants
-    from .inference import load_predictor
+    from ..cache import read_meta
+    from ..evaluate import evaluate_cache, evaluate_variants
+    from ..inference import load_predictor
 
     cache_path = d / "cache.h5"
     held = read_meta(cache_path).splits["test"]
@@ -250,34 +172,7 @@ def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, pos
                                  for name, v in POSTPROCESSING_GRID.items()}
     return out
 
-
 def _log_fold(log: Callable[[str], None], i: int, k: int, metrics: dict[str, Any]) -> None:
     for region, v in metrics["volume"].items():
         log(f"fold {i} ({i + 1} of {k}): {region} whole-volume 3D Dice mean {v['per_patient_dice']['mean']:.4f} "
             f"over {len(v['per_patient'])} patients; pooled slice Dice {metrics['slices'][region]['pooled']['dice']:.4f}")
-
-
-def finished_fold(out: Path, plan: dict[str, Any], i: int) -> dict[str, Any] | None:
-    """Fold i's metrics in `out` if that fold finished with `plan`'s settings, else None."""
-    m = _read(out / f"fold{i}" / METRICS)
-    return m if m is not None and with_defaults(m.get("settings", {})) == fold_settings(plan, i) else None
-
-
-def _flat(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
-    return out
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    os.replace(tmp, path)

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .crossval import PLAN, SUMMARY, CrossvalError, _read, _write_json, finished_fold, with_defaults
+from ..evaluate import describe
+from ..files import write_json
+from .plan import SUMMARY, finished_fold, load_plan
 
 
 def paired(delta: np.ndarray) -> dict[str, Any]:
@@ -20,13 +22,8 @@ def paired(delta: np.ndarray) -> dict[str, Any]:
 
 def summarize(out: str | Path) -> dict[str, Any]:
     """Collect the finished folds of `out` into cv_summary.json (written atomically) and return it."""
-    from .evaluate import _describe
-
     out = Path(out)
-    plan = _read(out / PLAN)
-    if plan is None:
-        raise CrossvalError(f"{out}: no {PLAN} (not a cross-validation folder)")
-    plan = with_defaults(plan)  # a folder written before a setting existed still counts its finished folds
+    plan = load_plan(out)
     fold_metrics, missing = [], []
     for i in range(plan["folds"]):
         m = finished_fold(out, plan, i)
@@ -48,10 +45,10 @@ def summarize(out: str | Path) -> dict[str, Any]:
                 "pooled_slice_dice": m["slices"][region]["pooled"]["dice"], "train_minutes": m["train_minutes"]})
     for r in regions.values():
         pp = r["per_patient"]
-        r["dice"] = _describe([p["dice"] for p in pp])
-        r["hd95"] = {**_describe([p["hd95"] for p in pp]), "infinite": sum(not np.isfinite(p["hd95"]) for p in pp)}
-        r["fold_dice"] = _describe([f["dice_mean"] for f in r["per_fold"]])
-        r["pooled_slice_dice"] = _describe([f["pooled_slice_dice"] for f in r["per_fold"]])
+        r["dice"] = describe([p["dice"] for p in pp])
+        r["hd95"] = {**describe([p["hd95"] for p in pp]), "infinite": sum(not np.isfinite(p["hd95"]) for p in pp)}
+        r["fold_dice"] = describe([f["dice_mean"] for f in r["per_fold"]])
+        r["pooled_slice_dice"] = describe([f["pooled_slice_dice"] for f in r["per_fold"]])
         r["worst"] = min(pp, key=lambda p: p["dice"]) if pp else None
     summary = {"out": str(out), "recipe": plan["recipe"], "folds": plan["folds"], "include_test": plan["include_test"],
                "excluded": plan["excluded"], "finished": [m["fold"] for m in fold_metrics], "missing": missing,
@@ -59,7 +56,7 @@ def summarize(out: str | Path) -> dict[str, Any]:
                "regions": regions}
     if fold_metrics and all("postprocessing" in m for m in fold_metrics):
         summary["postprocessing"] = _postprocessing_summary(fold_metrics)
-    _write_json(out / SUMMARY, summary)
+    write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -69,8 +66,6 @@ def _postprocessing_summary(fold_metrics: list[dict[str, Any]]) -> dict[str, Any
     "paired" = mean and standard error of (variant - recipe) per patient, with how many patients
     each way: a variant is worth adopting only when its mean gain is clearly beyond its standard error.
     """
-    from .evaluate import _describe
-
     out: dict[str, Any] = {}
     for name in fold_metrics[0]["postprocessing"]:
         out[name] = {"settings": fold_metrics[0]["postprocessing"][name]["settings"], "regions": {}}
@@ -80,7 +75,7 @@ def _postprocessing_summary(fold_metrics: list[dict[str, Any]]) -> dict[str, Any
                    for p in m["postprocessing"][name]["regions"][region]}
             delta = np.array([var[c] - own[c] for c in sorted(own)])
             out[name]["regions"][region] = {
-                "dice": _describe(list(var.values())), "hd95_median": float(np.median(
+                "dice": describe(list(var.values())), "hd95_median": float(np.median(
                     [p["hd95"] for m in fold_metrics for p in m["postprocessing"][name]["regions"][region]])),
                 "paired": paired(delta)}
     return out

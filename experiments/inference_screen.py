@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What inference-time changes would do to a finished cross-validation, without retraining.
 
-    python benchmarks/inference_screen.py runs/crossval-brats2d [--raw DIR] [--json F]
+    python experiments/inference_screen.py runs/crossval-brats2d [--raw DIR] [--json F]
 
 Every held-out patient of every finished fold is predicted with its fold's run and the plan's predict
 settings ("recipe": its Dice equals the fold's metrics.json), then scored under variants the crossval
@@ -22,19 +22,17 @@ An accuracy screen, not a speed benchmark: no timings. Needs the raw folder the 
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, held_out, plan_prediction  # noqa: E402
-from brats2d import metrics as M  # noqa: E402
-from brats2d.cvsummary import paired  # noqa: E402
+from brats2d import metrics as M
+from brats2d.cv.folds import held_out_patients, predict_as_planned
+from brats2d.cv.summary import paired
+
+from common import crossval_args, crossval_plan, finish
 
 CLOSE_RADII = (1, 2, 3)
 HYSTERESIS = (0.2, 0.3)
@@ -72,23 +70,24 @@ def adapted_batchnorm(pred: Any, image: np.ndarray) -> Iterator[None]:
         raise ValueError("adabn: the run has no BatchNorm layers (trained with --norm-layer instance or group)")
     saved = [{k: v.clone() for k, v in net.state_dict().items()} for net in pred.models]
     momenta = [m.momentum for m in bns]
-    evaluate = pred._eval
     try:
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
-        pred._eval = lambda: [net.train() for net in pred.models]  # the pass that gathers the statistics
+        pred.train_mode = True  # the pass that gathers the statistics
         pred.volume(image)
-        pred._eval = evaluate
-        evaluate()
+        pred.train_mode = False
+        for net in pred.models:
+            net.eval()
         yield
     finally:
-        pred._eval = evaluate
+        pred.train_mode = False
         for net, state in zip(pred.models, saved):
             net.load_state_dict(state)
         for m, mom in zip(bns, momenta):
             m.momentum = mom
-        evaluate()
+        for net in pred.models:
+            net.eval()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -99,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plan, raw = crossval_plan(a)
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
-    for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
+    for i, pred, patient, image, seg in held_out_patients(a.cv, plan, raw, a.device):
         truth = seg > 0
-        prob, mask = plan_prediction(pred, image, own)
+        prob, mask = predict_as_planned(pred, image, own)
         masks = {"recipe": mask, **morphology_variants(prob, mask)}
         if not a.no_adabn:
             with adapted_batchnorm(pred, image):
-                masks["adabn"] = plan_prediction(pred, image, own)[1]
+                masks["adabn"] = predict_as_planned(pred, image, own)[1]
         rows.append({"patient": patient.case, "fold": i,
                      "dice": {k: float(M.dice(M.confusion(m, truth))) for k, m in masks.items()}})
     variants: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which planes a multi-view model's accuracy comes from: each plane alone and every fused subset.
 
-    python benchmarks/view_ablation.py runs/cv-views [--raw DIR] [--json F]
+    python experiments/view_ablation.py runs/cv-views [--raw DIR] [--json F]
 
 For every finished fold of a `brats2d crossval` output folder trained with `--views` (two or more
 planes), each held-out patient is predicted once along each trained plane with that fold's run and the
@@ -15,48 +15,38 @@ diagnostic, not a speed benchmark: no timings. Needs the raw folder the crossval
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish, held_out, plan_mask  # noqa: E402
-from brats2d import metrics as M  # noqa: E402
-from brats2d.crossval import PLAN, with_defaults  # noqa: E402
-from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.slicing import region_masks  # noqa: E402
+from brats2d import metrics as M
+from brats2d.cv.folds import held_out_patients, mask_as_planned
+from brats2d.cv.summary import paired
+from brats2d.slicing import region_masks
+
+from common import crossval_args, crossval_plan, finish
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cv", type=Path, help="a brats2d crossval output folder trained with --views")
-    ap.add_argument("--raw", type=Path, help="the raw BraTS folder it ran on (default: the one its plan names)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap = crossval_args(__doc__.split("\n")[0])
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
-    plan = with_defaults(json.loads((a.cv / PLAN).read_text()))
+    plan, raw = crossval_plan(a)
     views = tuple(plan["preprocess"]["views"])
     if len(views) < 2:
         ap.error(f"{a.cv}: trained on {views[0]} slices only (crossval --views axial,coronal,sagittal makes a multi-view run)")
-    raw = a.raw or Path(plan["raw"])
     own = plan["predict"]
     subsets = ["+".join(s) for r in range(1, len(views) + 1) for s in combinations(views, r)]
     rows: list[dict[str, Any]] = []
-    for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
+    for i, pred, patient, image, seg in held_out_patients(a.cv, plan, raw, a.device):
         truth = region_masks(seg, "wt", patient.et_label)[0]
         prob = {v: pred.volume(image, views=(v,), tta=bool(own["tta"]))[0][0] for v in views}
         dice = {}
         for name in subsets:
             p = np.mean([prob[v] for v in name.split("+")], axis=0)
-            mask = plan_mask(p, pred, own)
+            mask = mask_as_planned(p, pred, own)
             dice[name] = float(M.dice(M.confusion(mask, truth)))
         rows.append({"patient": patient.case, "fold": i, "dice": dice})
     summary = {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well a cross-validated recipe fits the patients it trained on: the ceiling its held-out score sits under.
 
-    python benchmarks/fit_ceiling.py runs/cv-recipe-s1 [--raw DIR] [--below 0.70] [--json F]
+    python experiments/fit_ceiling.py runs/cv-recipe-s1 [--raw DIR] [--below 0.70] [--json F]
 
 Every patient of a `brats2d crossval` folder is held out by one fold and trained on (or used for model
 selection) by the others. Each finished fold's run predicts all its patients, training, validation and
@@ -25,35 +25,34 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, fold_patients, plan_prediction  # noqa: E402
-from brats2d import metrics as M  # noqa: E402
-from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.evaluate import _describe  # noqa: E402
+from brats2d import metrics as M
+from brats2d.cv.folds import fold_patients, predict_as_planned
+from brats2d.cv.summary import paired
+from brats2d.evaluate import describe as describe_scores
 
-SPLITS = {"test": "held out", "train": "trained on", "val": "validated on"}
+from common import crossval_args, crossval_plan, finish
+
+SPLIT_LABELS = {"test": "held out", "train": "trained on", "val": "validated on"}
 
 
 def per_patient(scores: list[tuple[str, str, int, float]]) -> list[dict[str, Any]]:
     """scores: (patient, split, fold, dice) rows -> per patient {patient, held out fold, and for each split
-    name of SPLITS the mean Dice over its folds (None when no fold used the patient that way) and the count},
+    name of SPLIT_LABELS the mean Dice over its folds (None when no fold used the patient that way) and the count},
     sorted by held-out Dice (patients never held out last)."""
     rows: dict[str, dict[str, Any]] = {}
     for case, split, fold, dice in scores:
-        r = rows.setdefault(case, {"patient": case, "fold": None, **{f"{s}_dices": [] for s in SPLITS}})
+        r = rows.setdefault(case, {"patient": case, "fold": None, **{f"{s}_dices": [] for s in SPLIT_LABELS}})
         r[f"{split}_dices"].append(dice)
         if split == "test":
             r["fold"] = fold
     out = []
     for r in rows.values():
         d = {"patient": r["patient"], "fold": r["fold"]}
-        for s in SPLITS:
+        for s in SPLIT_LABELS:
             v = r.pop(f"{s}_dices")
             d[s] = float(np.mean(v)) if v else None
             d[f"{s}_folds"] = len(v)
@@ -63,7 +62,7 @@ def per_patient(scores: list[tuple[str, str, int, float]]) -> list[dict[str, Any
 
 def describe(values: list[float], below: float) -> dict[str, Any]:
     """mean, sd, median, worst (evaluate's per-patient summary) and how many are below `below` of Dice scores."""
-    d = _describe(values)
+    d = describe_scores(values)
     return {"patients": len(values), "mean": d["mean"], "sd": d["sd"], "median": d["median"], "worst": d["min"],
             "below": sum(v < below for v in values)}
 
@@ -71,7 +70,7 @@ def describe(values: list[float], below: float) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]], below: float) -> dict[str, Any]:
     """Each column described over the patients that have both it and a held-out score, and paired minus held out."""
     out: dict[str, Any] = {}
-    for s in SPLITS:
+    for s in SPLIT_LABELS:
         both = [r for r in rows if r[s] is not None and r["test"] is not None]
         if not both:
             continue
@@ -90,11 +89,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plan, raw = crossval_plan(a)
     own = plan["predict"]
     scores: list[tuple[str, str, int, float]] = []
-    for i, pred, split, patient, image, seg in fold_patients(a.cv, plan, raw, tuple(SPLITS), a.device):
+    for i, pred, split, patient, image, seg in fold_patients(a.cv, plan, raw, tuple(SPLIT_LABELS), a.device):
         if not scores or scores[-1][2] != i:  # ≈ 3 min per fold of 29 real patients on 2 cores: say where it is
             print(f"fold {i}: predicting its training, validation and held-out patients "
                   f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        mask = plan_prediction(pred, image, own)[1]
+        mask = predict_as_planned(pred, image, own)[1]
         scores.append((patient.case, split, i, float(M.dice(M.confusion(mask, seg > 0)))))
     rows = per_patient(scores)
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "below": a.below, "predict": own},
@@ -108,17 +107,17 @@ def report(res: dict[str, Any]) -> None:
 
     f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     t = Table(title=f"Whole-tumour 3D Dice per patient, held out against trained on ({res['settings']['cv']})")
-    for c in ("patient", "held out by fold", *(f"{n} ({'folds' if s != 'test' else 'Dice'})" for s, n in SPLITS.items())):
+    for c in ("patient", "held out by fold", *(f"{n} ({'folds' if s != 'test' else 'Dice'})" for s, n in SPLIT_LABELS.items())):
         t.add_column(c, justify="left" if c == "patient" else "right", no_wrap=True)
     for r in res["patients"]:
         t.add_row(r["patient"], "—" if r["fold"] is None else str(r["fold"]), f(r["test"]),
-                  *(f"{f(r[s])} ({r[f'{s}_folds']})" for s in SPLITS if s != "test"))
+                  *(f"{f(r[s])} ({r[f'{s}_folds']})" for s in SPLIT_LABELS if s != "test"))
     s = Table(title=f"Summary over the patients with a held-out score (below = Dice < {res['settings']['below']:g})")
     for c in ("column", "patients", "mean ± sd", "median", "worst", "below", "minus held out", "better / worse"):
         s.add_column(c, justify="left" if c == "column" else "right")
     for k, v in res["summary"].items():
         p = v.get("minus_held_out")
-        s.add_row(SPLITS[k], str(v["patients"]), f"{v['mean']:.3f} ± {v['sd']:.3f}", f"{v['median']:.3f}",
+        s.add_row(SPLIT_LABELS[k], str(v["patients"]), f"{v['mean']:.3f} ± {v['sd']:.3f}", f"{v['median']:.3f}",
                   f"{v['worst']:.3f}", str(v["below"]), "—" if p is None else f"{p['mean']:+.3f} ± {p['se']:.3f}",
                   "—" if p is None else f"{p['better']} / {p['worse']}")
     con = Console(width=max(150, Console().width))

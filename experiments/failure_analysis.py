@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where a cross-validated model misses: per held-out patient, which tumour labels and how bright.
 
-    python benchmarks/failure_analysis.py runs/cv-zscore [--raw DIR] [--below 0.70] [--json F]
+    python experiments/failure_analysis.py runs/cv-zscore [--raw DIR] [--below 0.70] [--json F]
 
 For every finished fold of a `brats2d crossval` output folder, each held-out patient is predicted again
 with that fold's run and the plan's own predict settings (checkpoint, TTA, post-processing, threshold:
@@ -28,19 +28,17 @@ accuracy diagnostic, not a speed benchmark: no timings. Needs the raw folder the
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import crossval_args, crossval_plan, finish, held_out, plan_prediction  # noqa: E402
-from brats2d import metrics as M  # noqa: E402
-from brats2d.cvsummary import paired  # noqa: E402
-from brats2d.slicing import with_mirror  # noqa: E402
+from brats2d import metrics as M
+from brats2d.cv.folds import held_out_patients, predict_as_planned
+from brats2d.cv.summary import paired
+from brats2d.slicing import with_mirror
+
+from common import crossval_args, crossval_plan, finish
 
 LABELS = ("core", "oedema", "enhancing")
 
@@ -100,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plan, raw = crossval_plan(a)
     own = plan["predict"]
     rows: list[dict[str, Any]] = []
-    for i, pred, patient, image, seg in held_out(a.cv, plan, raw, a.device):
-        mask = plan_prediction(pred, image, own)[1]
+    for i, pred, patient, image, seg in held_out_patients(a.cv, plan, raw, a.device):
+        mask = predict_as_planned(pred, image, own)[1]
         rows.append({"patient": patient.case, "fold": i, **analyse(image[0], seg, mask, patient.et_label)})
     groups = {f"dice < {a.below:g}": [r for r in rows if r["dice"] < a.below],
               f"dice >= {a.below:g}": [r for r in rows if r["dice"] >= a.below]}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy ceiling of the slice size: the 3D Dice a *perfect* model would score at each input size.
 
-    python benchmarks/resolution_ceiling.py --json runs/resolution_ceiling.json [--quick] [--real DIR]
+    python experiments/resolution_ceiling.py --json runs/resolution_ceiling.json [--quick] [--real DIR]
 
 A 2D model at S x S never sees the native 240 x 240 grid: it is trained on the mask resized the way
 `preprocess` resizes it (antialiased bilinear, cut at 0.5) and its output is resized back the way
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,16 +27,15 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when imported by path
-from common import finish  # noqa: E402
-from brats2d import metrics as M  # noqa: E402
-from brats2d.crop import brain_box  # noqa: E402
-from brats2d.head import find_head  # noqa: E402
-from brats2d.inference import _resize_up  # noqa: E402
-from brats2d.nifti import discover, load_patient  # noqa: E402
-from brats2d.slicing import region_masks, resize_slices  # noqa: E402
-from brats2d.synth import write_cohort  # noqa: E402
+from brats2d import metrics as M
+from brats2d.crop import brain_box
+from brats2d.head import find_head
+from brats2d.inference import resize_up
+from brats2d.nifti import discover, load_patient
+from brats2d.slicing import region_masks, resize_slices
+from brats2d.synth import write_cohort
+
+from common import finish
 
 REAL_DEFAULT = Path("/work/shared/data/brats-real")
 
@@ -48,7 +46,7 @@ def round_trip(mask: np.ndarray, size: int, box: tuple[int, int, int, int] | Non
     x0, x1, y0, y1 = box or (0, mask.shape[0], 0, mask.shape[1])
     sub = np.moveaxis(mask[x0:x1, y0:y1], -1, 0)[:, None]  # (Z, 1, h, w)
     small = resize_slices(sub, size, binary=True).astype(np.float32)
-    back = _resize_up(small, sub.shape[-2:])[:, 0] >= 0.5
+    back = resize_up(small, sub.shape[-2:])[:, 0] >= 0.5
     out = np.zeros_like(mask)
     out[x0:x1, y0:y1] = np.moveaxis(back, 0, -1)
     return out
