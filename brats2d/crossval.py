@@ -48,13 +48,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import ConfigError, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
+from .config import STAGES, ConfigError, PredictConfig, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
 from .config import with_defaults as fill_defaults
-from .recipes import PREDICT_DEFAULTS, predict_settings, recipe as recipe_stage
+from .recipes import merge
 from .splits import kfold, load_splits, save_splits, split_patients
 
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
-STAGES = ("preprocess", "train", "predict")
 _CHECKPOINT_LABEL = {"best": "", "latest": "last epoch, ", "best+latest": "best+last ensemble, "}
 POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
     f"{_CHECKPOINT_LABEL[ck]}{'TTA, ' if tta else ''}{name}":
@@ -74,14 +73,13 @@ class CrossvalError(ValueError):
 
 
 def settings(recipe: str | None, overrides: dict[str, dict[str, Any]] | None = None
-             ) -> tuple[PreprocessConfig, TrainConfig, dict[str, Any]]:
-    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage]."""
+             ) -> tuple[PreprocessConfig, TrainConfig, PredictConfig]:
+    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage] (recipes.merge)."""
     ov = overrides or {}
     if set(ov) - set(STAGES):
         raise ConfigError(f"overrides: unknown stage(s) {', '.join(sorted(set(ov) - set(STAGES)))}")
-    pcfg = from_dict(PreprocessConfig, {**recipe_stage(recipe, "preprocess"), **ov.get("preprocess", {})})
-    tcfg = from_dict(TrainConfig, {**recipe_stage(recipe, "train"), **ov.get("train", {})})
-    return pcfg, tcfg, predict_settings(recipe, ov.get("predict"))
+    return (merge("preprocess", recipe, ov.get("preprocess")), merge("train", recipe, ov.get("train")),
+            merge("predict", recipe, ov.get("predict")))
 
 
 def make_folds(cases: list[str], folds: int, seed: int, pcfg: PreprocessConfig,
@@ -118,11 +116,9 @@ def with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     """A plan or fold settings dict written before a setting existed, with that setting's default
     filled in (what those folds used), so older output folders still resume and summarize."""
     out = dict(settings)
-    for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
+    for key, cls in STAGES.items():
         if isinstance(out.get(key), dict):
             out[key] = fill_defaults(cls, out[key])
-    if isinstance(out.get("predict"), dict):
-        out["predict"] = {**PREDICT_DEFAULTS, **out["predict"]}
     return out
 
 
@@ -142,7 +138,7 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
     plan = json.loads(json.dumps({
         "recipe": recipe, "raw": str(Path(raw).resolve()), "folds": folds, "seed": seed,
         "include_test": include_test, "patients": sorted(cases), "preprocess": to_dict(pcfg),
-        "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
+        "train": to_dict(tcfg), "predict": to_dict(pred), **make_folds(cases, folds, seed, pcfg, include_test)}))
     old = _read(out / PLAN)
     if old is not None and not restart:
         old = with_defaults(old)
@@ -174,6 +170,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
     """
     from .cache import read_meta
     from .preprocess import preprocess, splits_path
+    from .rundir import write_predict_record
     from .train import train
 
     d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
@@ -187,6 +184,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
         log(f"fold {i} ({i + 1} of {k}): re-scoring the model trained earlier ({d / 'run'})")
         t0 = time.perf_counter()
         scores = _score_fold(raw, d, plan, device, postprocessing)
+        write_predict_record(d / "run", from_dict(PredictConfig, plan["predict"]))  # what the fold's run is scored with
         metrics = {**{key: v for key, v in done.items() if key != "postprocessing"}, "settings": ident, **scores,
                    "seconds": {**done["seconds"], "evaluate": round(time.perf_counter() - t0, 2)}}
         _write_json(d / METRICS, metrics)
@@ -206,7 +204,8 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
     t0 = time.perf_counter()
     preprocess(raw, cache_path, pcfg, workers=workers, splits_file=d / "splits.json", force=stale)
     t1 = time.perf_counter()
-    history = train(cache_path, d / "run", tcfg, device=device, restart=restart, log=log, progress=progress)
+    history = train(cache_path, d / "run", tcfg, predict=from_dict(PredictConfig, plan["predict"]), device=device,
+                    restart=restart, log=log, progress=progress)
     t2 = time.perf_counter()
     meta = read_meta(cache_path)
     scores = _score_fold(raw, d, plan, device, postprocessing)
