@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from .views import VIEWS
@@ -33,6 +33,16 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# Where a setting is listed in `--help` (docs/configuration.md): MAIN first, then COMPUTE (speed, memory,
+# numerics), then EXPERIMENT (ablation knobs: the recipes' choices are made, these stay for experiments).
+MAIN, COMPUTE, EXPERIMENT = "main", "compute", "experiment"
+
+
+def _setting(default: Any, help: str, group: str = MAIN, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text, `--help` group and (for text settings) allowed values."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How raw BraTS volumes become the HDF5 slice cache.
@@ -41,19 +51,23 @@ class PreprocessConfig:
     whole tumour (label > 0), tumour slices only, patient-level 70/15/15 split with seed 42.
     """
 
-    modalities: tuple[str, ...] = ("flair",)
-    size: int = 96
-    region: str = "wt"
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 42
-    empty_slices: float = 0.0  # fraction of tumour-free brain slices also kept (seeded)
-    norm: str = "minmax"
-    percentile: tuple[float, float] = (0.5, 99.5)  # used by norm="percentile", over brain voxels
-    dtype: str = "float16"  # image storage; see docs/cache-format.md for the measurement
-    context: int = 0  # axial neighbours on each side stacked as extra input channels (2.5D); 0 = 2D, the seed
-    crop: str = "none"  # brain: resize a square box around the head instead of the whole frame
-    views: tuple[str, ...] = ("axial",)  # planes the train split's slices come from; predict fuses them (brats2d/views.py)
-    mirror: bool = False  # also feed each modality reflected left-right about the brain's centre (brats2d/slicing.py)
+    modalities: tuple[str, ...] = _setting(("flair",), "input MRI sequences, a comma list", choices=MODALITIES)
+    size: int = _setting(96, "side of the square slices, pixels (8..1024)")
+    region: str = _setting("wt", "target: wt (whole tumour), tc, et, or all three as channels", choices=REGIONS)
+    split: tuple[float, float, float] = _setting((0.7, 0.15, 0.15), "patient fractions train,val,test (sum 1)")
+    seed: int = _setting(42, "seeds the patient split and the empty-slice draw")
+    empty_slices: float = _setting(0.0, "fraction of tumour-free brain slices also kept (seeded), 0..1")
+    norm: str = _setting("minmax", "per-volume intensity normalization", choices=NORMS)
+    percentile: tuple[float, float] = _setting((0.5, 99.5), "low,high percentiles of head voxels for norm percentile",
+                                               EXPERIMENT)
+    dtype: str = _setting("float16", "image storage in the cache (docs/cache-format.md)", EXPERIMENT, CACHE_DTYPES)
+    context: int = _setting(0, "2.5D: axial neighbours per side stacked as extra input channels (0..8; 0 = 2D)",
+                            EXPERIMENT)
+    crop: str = _setting("none", "brain: resize a square box around the head, not the whole frame", EXPERIMENT, CROPS)
+    views: tuple[str, ...] = _setting(("axial",), "planes of the training slices, a comma list; predict fuses them "
+                                      "(brats2d/views.py)", choices=VIEWS)
+    mirror: bool = _setting(False, "also feed each modality reflected left-right about the brain's centre "
+                            "(brats2d/slicing.py)", EXPERIMENT)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -100,36 +114,44 @@ class PreprocessConfig:
 class TrainConfig:
     """How a U-Net is trained from a cache. Defaults are the seed protocol."""
 
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none | cosine
-    loss: str = "bce"
-    focal_gamma: float = 2.0
-    focal_alpha: float = -1.0  # < 0: no alpha weighting
-    dice_smooth: float = 1e-5
-    dice_batch: bool = False  # soft Dice summed over the batch too (nnU-Net's batch Dice); False: per slice, the seed's
-    grad_clip: float = 1.0
-    seed: int = 42
-    augment: bool = True
-    intensity_p: float = 0.0  # per-slice probability of a random gamma/brightness change (0: the seed, off)
-    intensity_gamma: float = 0.35  # gamma = exp(U(-g, g)): 0.70..1.42
-    intensity_scale: float = 0.25  # brightness x U(1 - s, 1 + s)
-    spatial_p: float = 0.0  # per-slice probability of a random zoom + rotation of image and mask (0: the seed, off)
-    spatial_scale: float = 0.3  # zoom = exp(U(-s, s)): 0.74..1.35
-    spatial_rotate: float = 45.0  # degrees, U(-r, r); with the seed's rot90 and flips this covers every angle
-    base_channels: int = 32
-    depth: int = 4
-    dropout: float = 0.0
-    norm_layer: str = "batch"  # batch (the seed) | instance (nnU-Net's) | group
-    precision: str = "auto"  # auto: bf16 where the CPU has native bf16, AMP (fp16) on CUDA
-    channels_last: bool = True  # faster on CPU: docs/speed.md (benchmarks/bench_train.py)
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only; torch has no CPU kernel)
-    threads: int = 0  # 0: all cores
-    checkpoint_every: int = 200  # steps, mid-epoch
-    select_by: str = "dice"  # validation metric for best_model.pth
-    threshold: float = 0.5
+    epochs: int = _setting(10, "passes over the training slices")
+    batch_size: int = _setting(4, "slices per optimizer step (per process under torchrun)")
+    lr: float = _setting(1e-3, "Adam learning rate")
+    weight_decay: float = _setting(0.0, "Adam weight decay", EXPERIMENT)
+    schedule: str = _setting("none", "learning-rate schedule over all steps", choices=("none", "cosine"))
+    loss: str = _setting("bce", "training loss", choices=LOSSES)
+    focal_gamma: float = _setting(2.0, "focal loss exponent", EXPERIMENT)
+    focal_alpha: float = _setting(-1.0, "focal loss positive-class weight; < 0: none", EXPERIMENT)
+    dice_smooth: float = _setting(1e-5, "soft Dice smoothing term", EXPERIMENT)
+    dice_batch: bool = _setting(False, "soft Dice summed over the batch too (nnU-Net's batch Dice); off: per slice",
+                                EXPERIMENT)
+    grad_clip: float = _setting(1.0, "gradient norm clip; 0: off", EXPERIMENT)
+    seed: int = _setting(42, "seeds weights, data order and augmentation")
+    augment: bool = _setting(True, "random rot90 and flips of each training slice", EXPERIMENT)
+    intensity_p: float = _setting(0.0, "per-slice probability of a random gamma/brightness change (needs images in "
+                                  "[0, 1])", EXPERIMENT)
+    intensity_gamma: float = _setting(0.35, "gamma = exp(U(-g, g)): 0.70..1.42 at 0.35", EXPERIMENT)
+    intensity_scale: float = _setting(0.25, "brightness x U(1 - s, 1 + s)", EXPERIMENT)
+    spatial_p: float = _setting(0.0, "per-slice probability of a random zoom + rotation of image and mask",
+                                EXPERIMENT)
+    spatial_scale: float = _setting(0.3, "zoom = exp(U(-s, s)): 0.74..1.35 at 0.3", EXPERIMENT)
+    spatial_rotate: float = _setting(45.0, "rotation U(-r, r), degrees", EXPERIMENT)
+    base_channels: int = _setting(32, "U-Net channels at the first level (doubled per level)")
+    depth: int = _setting(4, "U-Net down-sampling levels (1..6)", EXPERIMENT)
+    dropout: float = _setting(0.0, "dropout probability in the U-Net blocks (predict --mc-dropout needs > 0)",
+                              EXPERIMENT)
+    norm_layer: str = _setting("batch", "normalization after each convolution (brats2d/model.py)", EXPERIMENT,
+                               NORM_LAYERS)
+    precision: str = _setting("auto", "auto: bf16 where the CPU has native bf16, AMP (fp16) on CUDA", COMPUTE,
+                              PRECISIONS)
+    channels_last: bool = _setting(True, "channels-last memory layout (faster on CPU: docs/speed.md)",
+                                   COMPUTE)
+    sync_bn: bool = _setting(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)", COMPUTE)
+    threads: int = _setting(0, "torch CPU threads; 0: all cores", COMPUTE)
+    checkpoint_every: int = _setting(200, "steps between mid-epoch checkpoints", COMPUTE)
+    select_by: str = _setting("dice", "validation metric that picks best_model.pth", EXPERIMENT, ("dice", "loss"))
+    threshold: float = _setting(0.5, "probability cut for validation Dice and, by default, for eval/predict",
+                                EXPERIMENT)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs: must be >= 1, got {self.epochs}")
@@ -162,7 +184,34 @@ class TrainConfig:
         _check(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1), got {self.threshold}")
 
 
-C = TypeVar("C", PreprocessConfig, TrainConfig)
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a trained run predicts whole volumes (eval --raw, predict, crossval scoring). Defaults are the
+    seed protocol. A run records the predict settings of its recipe in RUN/predict.json (brats2d/rundir.py).
+
+    The probability threshold is not here: it is TrainConfig.threshold, which also picks the best epoch,
+    and eval/predict --threshold overrides it for one call.
+    """
+
+    min_size: int = _setting(0, "drop 3D components smaller than this, voxels (0: keep all)")
+    tta: bool = _setting(False, "test-time augmentation: average 8 flips/rotations")
+    keep_largest: bool = _setting(False, "keep only the largest 3D component of each region")
+    checkpoint: str = _setting("best", "model(s) of the run: best validation epoch, last epoch, or the mean of both",
+                               choices=CHECKPOINTS)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.min_size, int) and not isinstance(self.min_size, bool) and self.min_size >= 0,
+               f"min_size: must be an integer >= 0, got {self.min_size!r}")
+        _check(isinstance(self.tta, bool), f"tta: must be true or false, got {self.tta!r}")
+        _check(isinstance(self.keep_largest, bool), f"keep_largest: must be true or false, got {self.keep_largest!r}")
+        _check(self.checkpoint in CHECKPOINTS,
+               f"checkpoint: {self.checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
+
+
+# The stages of the pipeline and the config class of each (recipes name their settings per stage).
+STAGES: dict[str, type] = {"preprocess": PreprocessConfig, "train": TrainConfig, "predict": PredictConfig}
+
+C = TypeVar("C", PreprocessConfig, TrainConfig, PredictConfig)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -200,3 +249,4 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         if a.get(k, "<missing>") != b.get(k, "<missing>"):
             out.append(f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}")
     return out
+

@@ -1,16 +1,17 @@
-"""Named recipes: preset settings for preprocess, train and predict.
+"""Named recipes (preset settings per stage, plain data) and `merge`, the one place settings are combined.
 
 `seed` reproduces the seed protocol exactly (it is every dataclass default). `brats2d` is the recipe
 chosen by cross-validation on training patients only (docs/experiments.md has every ablation).
-Explicitly given command-line options always win over a recipe.
+Settings a user gives explicitly always win over a recipe: see `merge`. This module also reads a setting
+written as text (`--set field=value`, comma lists), so the command line and the library parse alike.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-# Settings of the predict stage that a recipe may set, with the seed protocol's values (no dataclass holds them).
-PREDICT_DEFAULTS: dict[str, Any] = {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
+from .config import STAGES, ConfigError, from_dict, to_dict
 
 # brats2d: the settings 5-fold cross-validation on the non-test real patients chose; docs/experiments.md
 # has every ablation with its command and why each setting is in or out.
@@ -25,38 +26,87 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def recipe(name: str | None, stage: str) -> dict[str, Any]:
-    """Settings of `name` for one stage (preprocess, train, predict); {} for None."""
+    """Settings of recipe `name` for one stage (preprocess, train, predict); {} for None."""
+    if stage not in STAGES:
+        raise ConfigError(f"stage: unknown stage {stage!r} (choose from {', '.join(STAGES)})")
     if name is None:
         return {}
     if name not in RECIPES:
-        raise ValueError(f"recipe: unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
+        raise ConfigError(f"recipe: unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
     return dict(RECIPES[name][stage])
 
 
-def apply_recipe(name: str | None, options: dict[str, Any], ctx: Any = None, stage: str = "train") -> dict[str, Any]:
-    """Options with the recipe's values filled in where the user did not set them explicitly."""
-    import click
+def merge(stage: str, recipe_name: str | None = None, explicit: Mapping[str, Any] | None = None,
+          base: Any = None) -> Any:
+    """The config of `stage`: `base` (default: the dataclass defaults, the seed protocol) <- the recipe's
+    settings for that stage <- `explicit` (what the user set: command-line options, `--set`, overrides).
 
-    out = dict(options)
-    for key, value in recipe(name, stage).items():
-        src = ctx.get_parameter_source(key) if ctx is not None else None
-        if src in (None, click.core.ParameterSource.DEFAULT):
-            out[key] = value
-    return out
+    `base` is an instance of the stage's config, e.g. the predict settings a run recorded. Unknown names
+    and bad values raise ConfigError naming the setting.
+    """
+    preset = recipe(recipe_name, stage)  # also refuses an unknown stage or recipe
+    cls = STAGES[stage]
+    if base is not None and not isinstance(base, cls):
+        raise ConfigError(f"{stage}: base settings must be a {cls.__name__}, got {type(base).__name__}")
+    return from_dict(cls, {**(to_dict(base) if base is not None else {}), **preset, **dict(explicit or {})})
 
 
-def predict_settings(name: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Predict-stage settings (min_size, tta, keep_largest, checkpoint): seed defaults <- recipe <-
-    `overrides`; unknown keys and values refused."""
-    from .config import CHECKPOINTS, ConfigError
+def field_type(cls: type, name: str) -> tuple[type, int | None, bool]:
+    """(element type, tuple length, is_tuple) of setting `name`: (int, None, False) for an int,
+    (str, None, True) for tuple[str, ...], (float, 3, True) for tuple[float, float, float]."""
+    hint = get_type_hints(cls)[name]
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        return (args[0], None, True) if len(args) == 2 and args[1] is Ellipsis else (args[0], len(args), True)
+    return hint, None, False
 
-    out = {**PREDICT_DEFAULTS, **recipe(name, "predict"), **(overrides or {})}
-    unknown = sorted(set(out) - set(PREDICT_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown predict setting(s): {', '.join(unknown)}")
-    if int(out["min_size"]) < 0:
-        raise ConfigError(f"min_size: must be >= 0, got {out['min_size']}")
-    if out["checkpoint"] not in CHECKPOINTS:
-        raise ConfigError(f"checkpoint: {out['checkpoint']!r} (choose from {', '.join(CHECKPOINTS)})")
-    return {"min_size": int(out["min_size"]), "tta": bool(out["tta"]), "keep_largest": bool(out["keep_largest"]),
-            "checkpoint": str(out["checkpoint"])}
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def parse_value(cls: type, name: str, text: str) -> Any:
+    """The value of setting `name` of `cls` written as text (a comma list for tuples); ConfigError names the
+    setting and what it expects. Ranges and choices are checked by the dataclass, not here."""
+    kind, n, is_tuple = field_type(cls, name)
+    what = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}[kind]
+
+    def one(t: str) -> Any:
+        t = t.strip()
+        try:
+            if kind is bool:
+                return _BOOLS[t.lower()]
+            return kind(t.lower()) if kind is str else kind(t)
+        except (KeyError, ValueError):
+            raise ConfigError(f"{name}: expected {what}{' in each comma-separated place' if is_tuple else ''}, "
+                              f"got {text!r}") from None
+
+    if not is_tuple:
+        return one(text)
+    parts = str(text).split(",")
+    if kind is str:  # names: blanks dropped, so "," is an empty list (which the dataclass refuses by name)
+        return tuple(one(p) for p in parts if p.strip())
+    if n is not None and len(parts) != n:
+        raise ConfigError(f"{name}: expected {n} comma-separated numbers, got {text!r}")
+    return tuple(one(p) for p in parts)
+
+
+def parse_assignment(text: str, stages: Mapping[str, type] = STAGES) -> tuple[str, str, Any]:
+    """'field=value' or 'stage.field=value' (for `--set`) -> (stage, field, value), `stage` among `stages`.
+
+    Dashes in the field name are read as underscores. A name that is no setting of `stages` is refused
+    with the valid names; a name that two stages share needs its stage.
+    """
+    key, eq, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not eq or not key:
+        raise ConfigError(f"expected FIELD=VALUE, got {text!r}")
+    stage, dot, name = key.rpartition(".")
+    names = {s: [f.name for f in dataclasses.fields(cls)] for s, cls in stages.items()}
+    owners = [s for s in stages if (not dot or s == stage) and name in names[s]]
+    if not owners:
+        valid = sorted({f"{s}.{n}" if dot else n for s in stages for n in names[s]})
+        raise ConfigError(f"unknown setting {key!r} (valid: {', '.join(valid)})")
+    if len(owners) > 1:
+        raise ConfigError(f"{name!r} is a setting of {' and '.join(owners)}: write "
+                          + " or ".join(f"{s}.{name}={value}" for s in owners))
+    return owners[0], name, parse_value(stages[owners[0]], name, value)

@@ -2,6 +2,7 @@
 
     runs/NAME/
       config.json            every setting + the cache's identity (JSON)
+      predict.json           the predict settings of the run's recipe (PredictConfig), used by eval/predict
       latest_checkpoint.pth  full training state, for resume (weights-only loadable)
       best_model.pth         weights of the epoch with the best validation score + config
       history.csv            one row per epoch
@@ -24,10 +25,10 @@ from typing import Any, Callable, Iterator
 import torch
 
 from . import checkpoint
-from .files import LockBusy, atomic_write, file_lock, write_text
-from .config import PreprocessConfig, TrainConfig, diff, with_defaults
+from .config import ConfigError, PredictConfig, PreprocessConfig, TrainConfig, diff, from_dict, to_dict, with_defaults
+from .files import LockBusy, atomic_write, file_lock, write_json, write_text
 
-LATEST, BEST = "latest_checkpoint.pth", "best_model.pth"
+LATEST, BEST, PREDICT_RECORD = "latest_checkpoint.pth", "best_model.pth", "predict.json"
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"]
 
 
@@ -136,3 +137,21 @@ class RunDir:
             w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
+
+
+def read_predict_record(run_dir: str | Path) -> PredictConfig | None:
+    """The predict settings `run_dir` recorded (predict.json), or None for a run trained before runs
+    recorded them. A record from before a setting existed takes that setting's default."""
+    path = Path(run_dir) / PREDICT_RECORD
+    if not path.exists():
+        return None
+    try:
+        return from_dict(PredictConfig, with_defaults(PredictConfig, json.loads(path.read_text())))
+    except (json.JSONDecodeError, TypeError, ConfigError) as e:
+        raise RunError(f"{path}: not a readable predict settings record ({e}); fix or delete it (without it "
+                       "eval/predict use the seed's settings)") from None
+
+
+def write_predict_record(run_dir: str | Path, cfg: PredictConfig) -> None:
+    """Write `run_dir`/predict.json (atomically: a reader sees the old or the new record, never half)."""
+    write_json(Path(run_dir) / PREDICT_RECORD, to_dict(cfg))

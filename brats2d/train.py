@@ -25,13 +25,13 @@ from typing import Any, Callable
 import torch
 
 from . import cache, checkpoint, config as cfgmod, distributed
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, PredictConfig, TrainConfig
 from .dataset import EpochPlan, SliceCache, iterate
 from .losses import make_loss
 from .model import build_model
 from .ood import Profile, ScanStats
 from .report import plot_curves
-from .rundir import RunDir, TrainingStopped
+from .rundir import RunDir, TrainingStopped, read_predict_record, write_predict_record
 from .trainstate import Trainer, TrainState, best_checkpoint, latest_checkpoint, restore, select_best
 from .device import autocast_context, keep_freed_memory, resolve_device, resolve_precision
 
@@ -225,10 +225,18 @@ def _end_epoch(run: RunDir, tr: Trainer, cfg: TrainConfig, ident: dict[str, Any]
     plot_curves(st.history, run.path / "curves.png")
 
 
-def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, device: str = "auto",
-          num_workers: int = 0, restart: bool = False, log: Callable[[str], None] = print,
+def _record_predict(run_dir: Path, predict: PredictConfig | None) -> None:
+    if predict is not None or read_predict_record(run_dir) is None:
+        write_predict_record(run_dir, predict or PredictConfig())
+
+
+def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, predict: PredictConfig | None = None,
+          device: str = "auto", num_workers: int = 0, restart: bool = False, log: Callable[[str], None] = print,
           progress: Any = None) -> list[dict[str, Any]]:
     """Train (or resume) a run; returns the per-epoch history. See docs/pipeline.md, "Training".
+
+    `predict` (the predict settings of the run's recipe) is recorded in RUN/predict.json once the run
+    starts or resumes, for eval and predict; None records the seed's where the run has no record yet.
 
     Under torchrun (RANK, WORLD_SIZE, ... set) every process calls this and gets the same history;
     `log` and `progress` are used on rank 0 only.
@@ -239,13 +247,14 @@ def train(cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig, *, devi
             raise ConfigError("sync_bn: torch's SyncBatchNorm runs on CUDA only; use --no-sync-bn with --device cpu")
         if not d.is_rank0:
             log, progress = (lambda m: None), None
-        return _train(d, dev, cache_path, run_dir, cfg, num_workers, restart, log, progress)
+        return _train(d, dev, cache_path, run_dir, cfg, predict, num_workers, restart, log, progress)
     finally:
         distributed.cleanup(d)
 
 
 def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_dir: str | Path, cfg: TrainConfig,
-           num_workers: int, restart: bool, log: Callable[[str], None], progress: Any) -> list[dict[str, Any]]:
+           predict: PredictConfig | None, num_workers: int, restart: bool, log: Callable[[str], None],
+           progress: Any) -> list[dict[str, Any]]:
     run = RunDir(run_dir)
     with contextlib.ExitStack() as held:
         distributed.on_rank0(d, lambda: held.enter_context(run.lock()))
@@ -254,6 +263,7 @@ def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_d
         ident = run_identity(tr, cfg, d.world)
         # Rank 0: a fresh state, or the run folder's latest checkpoint loaded into `tr`.
         st = distributed.on_rank0(d, lambda: restore(tr, run.start(ident, restart=restart, log=log)))
+        distributed.on_rank0(d, lambda: _record_predict(run.path, predict))
         if d.enabled:
             st = _share_start(d, tr, cfg, st)
             tr.ddp = torch.nn.parallel.DistributedDataParallel(

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import click
+import click as plain_click
+import rich_click as click
 
 from brats2d import __version__
-from brats2d.config import CHECKPOINTS, CROPS, NORMS, ConfigError, PreprocessConfig, TrainConfig
-from brats2d.recipes import RECIPES  # light: no heavy imports
+from brats2d.config import COMPUTE, ConfigError, PredictConfig, to_dict
+from brats2d.recipes import merge
 
-from .options import P, config_options, parse_device, parse_floats, parse_names
+from .options import (PANELS, STANDARD_PANELS, Settings, explicit, panels, parse_device, parse_floats, recipe_option,
+                      set_option, setting_options)
 
 DEFAULT_CACHE = "data_cache/brats2d.h5"
+
+
+def describe(cfg: Any) -> str:
+    """'a=1 b=x' for a config, in field order (one line for the terminal)."""
+    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in to_dict(cfg).items())
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -28,8 +35,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             ValueError, OSError)  # OSError: a path that is not a folder, a full disk, no permission
 
 
-class Group(click.Group):
-    """Turns the library's expected errors into one line on stderr and exit code 2 (no traceback)."""
+class Group(click.RichGroup):
+    """rich-click's help (option panels); the library's expected errors become one line on stderr and exit
+    code 2 (no traceback); click's usage errors keep click's plain "Error: ..." line, not a rich panel."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        return plain_click.Group.main(self, *args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         from brats2d.rundir import TrainingStopped
@@ -51,6 +62,7 @@ def _threshold(ctx: Any, param: Any, value: float | None) -> float | None:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.rich_config(help_config=click.RichHelpConfiguration(max_width=100))
 @click.version_option(__version__, prog_name="brats2d")
 def cli() -> None:
     """brats2d: a fast, CPU-first 2D U-Net for BraTS brain-tumour segmentation. Not for clinical use."""
@@ -74,39 +86,25 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 
 
 @cli.command()
+@panels(*STANDARD_PANELS)
 @click.argument("raw", type=click.Path())
 @click.option("--out", default=DEFAULT_CACHE, show_default=True, help="cache file to write")
-@click.option("--modalities", callback=parse_names, default="flair", show_default=True, help="comma list of flair,t1,t1ce,t2")
-@click.option("--size", type=int, default=P.size, show_default=True)
-@click.option("--region", type=click.Choice(["wt", "tc", "et", "all"]), default=P.region, show_default=True)
-@click.option("--split", callback=parse_floats(3), default="0.7,0.15,0.15", show_default=True, help="train,val,test")
-@click.option("--seed", type=int, default=P.seed, show_default=True)
-@click.option("--splits-file", type=click.Path(exists=True, dir_okay=False), help="reuse a saved split exactly")
-@click.option("--empty-slices", type=float, default=P.empty_slices, show_default=True, help="fraction of tumour-free brain slices kept")
-@click.option("--norm", type=click.Choice(list(NORMS)), default=P.norm, show_default=True)
-@click.option("--context", type=click.IntRange(0, 8), default=P.context, show_default=True,
-              help="2.5D: neighbouring slices per side as extra input channels")
-@click.option("--crop", type=click.Choice(list(CROPS)), default=P.crop, show_default=True,
-              help="brain: resize a square box around the head, not the whole frame")
-@click.option("--views", callback=parse_names, default=",".join(P.views), show_default=True,
-              help="comma list of axial,coronal,sagittal: planes of the training slices; predict averages them")
-@click.option("--mirror/--no-mirror", default=P.mirror, show_default=True,
-              help="also input each modality reflected left-right about the brain's centre (asymmetry cue)")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=P.dtype, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)")
+@recipe_option("preset settings (explicit options still win); see README Results")
+@setting_options("preprocess")
+@click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)",
+              panel=PANELS[COMPUTE])
 @click.option("--force", is_flag=True, help="rebuild even if the cache is up to date")
 @click.option("--strict", is_flag=True, help="any bad patient is fatal (no cache written)")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="preset settings (explicit options still win); see docs/crossval.md")
+@click.option("--splits-file", type=click.Path(exists=True, dir_okay=False), help="reuse a saved split exactly")
+@set_option("preprocess")
 def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, splits_file: str | None,
-               recipe: str | None, **kw: Any) -> None:
+               recipe: str | None, sets: Settings, **kw: Any) -> None:
     """Turn a raw BraTS folder into the HDF5 slice cache."""
     from .display import preprocess_summary, progress_bar
     from brats2d.nifti import discover
     from brats2d.preprocess import preprocess as run
-    from brats2d.recipes import apply_recipe
 
-    cfg = PreprocessConfig(**apply_recipe(recipe, kw, click.get_current_context(), "preprocess"))
+    cfg = merge("preprocess", recipe, explicit(click.get_current_context(), kw, sets, "preprocess")["preprocess"])
     n = len(discover(raw))
     with progress_bar("preprocess", n) as advance:
         summary = run(raw, out, cfg, workers=workers, splits_file=splits_file, force=force, strict=strict,
@@ -117,54 +115,74 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 
 
 @cli.command()
+@panels(*STANDARD_PANELS)
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, type=click.Path())
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
+@recipe_option("preset settings for training and the run's predict settings (explicit options still win); "
+               "see README Results")
+@setting_options("train")
 @click.option("--device", default="auto", callback=parse_device, show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, panel=PANELS[COMPUTE],
+              help="data-loading processes")
 @click.option("--restart", is_flag=True, help="start over instead of resuming")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="preset settings (explicit options still win); see docs/crossval.md")
-@config_options(TrainConfig)
-def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool, recipe: str | None, **kw: Any) -> None:
-    """Train a U-Net from a cache (resumes automatically from the run folder)."""
+@set_option("train", "predict")
+def train(cache: str, run_dir: str, device: str, num_workers: int, restart: bool, recipe: str | None, sets: Settings,
+          **kw: Any) -> None:
+    """Train a U-Net from a cache (resumes automatically from the run folder).
+
+    The run records the predict settings of its recipe (RUN/predict.json), which eval and predict use.
+    """
     from .display import train_progress
-    from brats2d.recipes import apply_recipe
     from brats2d.train import train as run
 
-    cfg = TrainConfig(**apply_recipe(recipe, kw, click.get_current_context()))
+    given = explicit(click.get_current_context(), kw, sets, "train", "predict")
+    cfg, predict_cfg = merge("train", recipe, given["train"]), merge("predict", recipe, given["predict"])
     with train_progress() as (log, progress):
-        run(cache, run_dir, cfg, device=device, num_workers=num_workers, restart=restart, log=log, progress=progress)
+        run(cache, run_dir, cfg, predict=predict_cfg, device=device, num_workers=num_workers, restart=restart,
+            log=log, progress=progress)
+
+
+def _predict_settings(run_dirs: list[str], recipe: str | None, kw: dict[str, Any], sets: Settings) -> PredictConfig:
+    """The predict settings of eval/predict: the first run's record (or, with --recipe, that recipe's;
+    without either, the seed's) <- explicit options; printed in one line."""
+    from brats2d.rundir import PREDICT_RECORD, read_predict_record
+
+    given = explicit(click.get_current_context(), kw, sets, "predict")["predict"]
+    record = None if recipe else read_predict_record(run_dirs[0])
+    cfg = merge("predict", recipe, given, base=record)
+    source = (f"recipe {recipe}" if recipe else f"recorded in {Path(run_dirs[0]) / PREDICT_RECORD}" if record
+              else f"seed defaults: {run_dirs[0]} has no {PREDICT_RECORD} (trained before runs recorded it)")
+    if given:
+        source += f"; given: {', '.join(sorted(given))}"
+    click.echo(f"predict settings: {describe(cfg)} ({source})")
+    return cfg
 
 
 @cli.command("eval")
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True,
-              help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--cache", default=None, help="default: the cache the run was trained on")
 @click.option("--raw", type=click.Path(exists=True, file_okay=False), help="also score whole volumes from this raw folder")
-@click.option("--tta", is_flag=True, help="test-time augmentation (8 flips/rotations averaged)")
-@click.option("--min-size", type=click.IntRange(0), default=0, show_default=True,
-              help="whole volumes: drop 3D components smaller than this (voxels)")
-@click.option("--keep-largest", is_flag=True, help="whole volumes: keep only the largest 3D component")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="its predict settings (min-size, tta, keep-largest, checkpoint)")
+@setting_options("predict", default_note="the run's predict.json")
+@recipe_option("use this recipe's predict settings instead of the run's")
 @click.option("--device", default="auto", callback=parse_device, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
-def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None, cache: str | None, raw: str | None,
-             tta: bool, min_size: int, keep_largest: bool, recipe: str | None, device: str, json_path: str | None) -> None:
-    """Evaluate a run on a split: pooled, per-slice and per-patient metrics."""
+@set_option("predict")
+def evaluate(run_dir: str, split: str, threshold: float | None, cache: str | None, raw: str | None,
+             recipe: str | None, device: str, json_path: str | None, sets: Settings, **kw: Any) -> None:
+    """Evaluate a run on a split: pooled, per-slice and per-patient metrics.
+
+    min-size and keep-largest apply to the whole volumes of --raw only (3D components need the whole scan).
+    """
     from .display import eval_tables
     from brats2d.evaluate import evaluate as run
     from brats2d.inference import load_predictor
-    from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest, "checkpoint": checkpoint},
-                      click.get_current_context(), stage="predict")
-    th = threshold if threshold is not None else load_predictor(run_dir, ps["checkpoint"], "cpu").train_cfg.threshold
-    result = run(run_dir, split, ps["checkpoint"], th, cache, raw, device, ps["tta"], json_path,
-                 min_size=ps["min_size"], keep_largest=ps["keep_largest"])
+    ps = _predict_settings([run_dir], recipe, kw, sets)
+    th = threshold if threshold is not None else load_predictor(run_dir, ps.checkpoint, "cpu").train_cfg.threshold
+    result = run(run_dir, split, ps.checkpoint, th, cache, raw, device, ps.tta, json_path,
+                 min_size=ps.min_size, keep_largest=ps.keep_largest)
     eval_tables(result)
     click.echo(f"wrote {Path(run_dir) / f'metrics_{split}.json'}")
 
@@ -174,33 +192,30 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--run-dir", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="a trained run; give it several times for an ensemble (e.g. the fold runs of a crossval)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True,
-              help="best+latest: the mean of both models' probabilities")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="default: the run's threshold")
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
-@click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
+@setting_options("predict", default_note="the first run's predict.json")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
-@click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
-@click.option("--keep-largest", is_flag=True, help="keep only the largest 3D component of each region")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="its predict settings (min-size, tta, keep-largest, checkpoint)")
+@recipe_option("use this recipe's predict settings instead of the run's")
 @click.option("--device", default="auto", callback=parse_device, show_default=True)
-def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpoint: str, threshold: float | None,
-            probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
-            device: str) -> None:
-    """Predict masks for patient folders (or folders of them) in the scans' own space."""
+@set_option("predict")
+def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, threshold: float | None,
+            probabilities: bool, mc_dropout: int, recipe: str | None, device: str, sets: Settings, **kw: Any) -> None:
+    """Predict masks for patient folders (or folders of them) in the scans' own space.
+
+    With TTA it also writes <case>_uncertainty.nii.gz.
+    """
     from .display import predict_table
     from brats2d.inference import load_predictor
     from brats2d.predict import predict as run
-    from brats2d.recipes import apply_recipe
 
-    ps = apply_recipe(recipe, {"min_size": min_size, "tta": tta, "keep_largest": keep_largest, "checkpoint": checkpoint},
-                      click.get_current_context(), stage="predict")
-    pred = load_predictor(list(run_dir), ps.pop("checkpoint"), device)
+    ps = _predict_settings(list(run_dir), recipe, kw, sets)
+    pred = load_predictor(list(run_dir), ps.checkpoint, device)
     if mc_dropout and pred.train_cfg.dropout == 0:
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
-    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout, **ps)
+    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout,
+                       min_size=ps.min_size, tta=ps.tta, keep_largest=ps.keep_largest)
     predict_table(rows, errors, out)
     if errors and not rows:
         sys.exit(2)

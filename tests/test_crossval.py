@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from brats2d import cache, checkpoint
 from brats2d.cli.main import cli
-from brats2d.config import ConfigError, PreprocessConfig
+from brats2d.config import ConfigError, PreprocessConfig, to_dict
 from brats2d.cv.crossval import crossval
 from brats2d.cv.plan import POSTPROCESSING_GRID, CrossvalError, make_folds, settings
 from brats2d.cv.summary import summarize
@@ -61,8 +61,8 @@ def test_recipe_settings_and_explicit_overrides() -> None:
     p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
     assert (p.norm, p.empty_slices, p.views, t.loss, t.schedule, t.epochs) == (
         "zscore", 0.3, ("axial", "coronal", "sagittal"), "bce+dice", "cosine", 3)
-    assert pred == {"min_size": 0, "tta": True, "keep_largest": True, "checkpoint": "best+latest"}
-    assert settings("seed")[2] == {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
+    assert to_dict(pred) == {"min_size": 0, "tta": True, "keep_largest": True, "checkpoint": "best+latest"}
+    assert to_dict(settings("seed")[2]) == {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
     with pytest.raises(ConfigError, match="checkpoint: 'last'"):
         settings("seed", {"predict": {"checkpoint": "last"}})
 
@@ -94,6 +94,8 @@ def test_crossval_scores_every_patient_once_without_leaks(cv: tuple[Path, dict],
             in_cache = set(cache.read_index(cache_path, split)[0].tolist())
             assert in_cache and not in_cache & held, (i, split)
         assert set(cache.read_index(cache_path, "test")[0].tolist()) == held
+        # The fold's run records the plan's predict settings (brats2d eval/predict --run-dir use them).
+        assert json.loads((out / f"fold{i}" / "run" / "predict.json").read_text()) == plan["predict"]
         scored = [p["patient"] for p in m["volume"]["wt"]["per_patient"]]
         assert sorted(scored) == sorted(held)
         fold_row = next(f for f in wt["per_fold"] if f["fold"] == i)
@@ -244,6 +246,7 @@ def test_rescore_postprocessing_grid_without_retraining(cv: tuple[Path, dict], r
     m = json.loads((out / "fold0" / "metrics.json").read_text())
     old = json.loads((src / "fold0" / "metrics.json").read_text())
     assert m["settings"]["predict"]["keep_largest"] is True and m["history"] == old["history"]
+    assert json.loads((out / "fold0" / "run" / "predict.json").read_text())["keep_largest"] is True  # re-recorded
     assert {p["patient"] for p in m["postprocessing"]["TTA, none"]["regions"]["wt"]} == set(m["patients"]["test"])
     # model selection: the last epoch's checkpoint is another model, scored the same way
     last = {p["patient"]: p for p in m["postprocessing"]["last epoch, none"]["regions"]["wt"]}

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import PreprocessConfig, TrainConfig, diff, from_dict, to_dict
+from ..config import PredictConfig, PreprocessConfig, TrainConfig, diff, from_dict, to_dict
 from ..files import read_json, write_json
 from ..splits import load_splits, save_splits
 from .plan import (METRICS, PLAN, POSTPROCESSING_GRID, CrossvalError, fill_plan_defaults, flat, fold_settings,
@@ -68,7 +68,7 @@ def crossval(raw: str | Path, out: str | Path | None = None, *, folds: int = 5, 
     plan = json.loads(json.dumps({
         "recipe": recipe, "raw": str(Path(raw).resolve()), "folds": folds, "seed": seed,
         "include_test": include_test, "patients": sorted(cases), "preprocess": to_dict(pcfg),
-        "train": to_dict(tcfg), "predict": pred, **make_folds(cases, folds, seed, pcfg, include_test)}))
+        "train": to_dict(tcfg), "predict": to_dict(pred), **make_folds(cases, folds, seed, pcfg, include_test)}))
     old = read_json(out / PLAN)
     if old is not None and not restart:
         old = fill_plan_defaults(old)
@@ -97,6 +97,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
     """
     from ..cache import read_meta
     from ..preprocess import preprocess, splits_path
+    from ..rundir import write_predict_record
     from ..train import train
 
     d, k, ident = out / f"fold{i}", plan["folds"], fold_settings(plan, i)
@@ -110,6 +111,7 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
         log(f"fold {i} ({i + 1} of {k}): re-scoring the model trained earlier ({d / 'run'})")
         t0 = time.perf_counter()
         scores = _score_fold(raw, d, plan, device, postprocessing)
+        write_predict_record(d / "run", from_dict(PredictConfig, plan["predict"]))  # what the fold's run is scored with
         metrics = {**{key: v for key, v in done.items() if key != "postprocessing"}, "settings": ident, **scores,
                    "seconds": {**done["seconds"], "evaluate": round(time.perf_counter() - t0, 2)}}
         write_json(d / METRICS, metrics)
@@ -129,7 +131,8 @@ def run_fold(raw: str | Path, out: Path, plan: dict[str, Any], i: int, *, device
     t0 = time.perf_counter()
     preprocess(raw, cache_path, pcfg, workers=workers, splits_file=d / "splits.json", force=stale)
     t1 = time.perf_counter()
-    history = train(cache_path, d / "run", tcfg, device=device, restart=restart, log=log, progress=progress)
+    history = train(cache_path, d / "run", tcfg, predict=from_dict(PredictConfig, plan["predict"]), device=device,
+                    restart=restart, log=log, progress=progress)
     t2 = time.perf_counter()
     meta = read_meta(cache_path)
     scores = _score_fold(raw, d, plan, device, postprocessing)

@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, PreprocessConfig, TrainConfig, from_dict, with_defaults
+from ..config import STAGES, ConfigError, PredictConfig, PreprocessConfig, TrainConfig, with_defaults
 from ..files import read_json
-from ..recipes import PREDICT_DEFAULTS, predict_settings, recipe as recipe_stage
+from ..recipes import merge
 from ..splits import kfold, split_patients
 
 PLAN, SUMMARY, METRICS = "crossval.json", "cv_summary.json", "metrics.json"
-STAGES = ("preprocess", "train", "predict")
 _CHECKPOINT_LABEL = {"best": "", "latest": "last epoch, ", "best+latest": "best+last ensemble, "}
 POSTPROCESSING_GRID: dict[str, dict[str, Any]] = {
     f"{_CHECKPOINT_LABEL[ck]}{'TTA, ' if tta else ''}{name}":
@@ -34,14 +33,13 @@ class CrossvalError(ValueError):
 
 
 def settings(recipe: str | None, overrides: dict[str, dict[str, Any]] | None = None
-             ) -> tuple[PreprocessConfig, TrainConfig, dict[str, Any]]:
-    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage]."""
+             ) -> tuple[PreprocessConfig, TrainConfig, PredictConfig]:
+    """(preprocess, train, predict) settings: dataclass defaults <- recipe <- overrides[stage] (recipes.merge)."""
     ov = overrides or {}
     if set(ov) - set(STAGES):
         raise ConfigError(f"overrides: unknown stage(s) {', '.join(sorted(set(ov) - set(STAGES)))}")
-    pcfg = from_dict(PreprocessConfig, {**recipe_stage(recipe, "preprocess"), **ov.get("preprocess", {})})
-    tcfg = from_dict(TrainConfig, {**recipe_stage(recipe, "train"), **ov.get("train", {})})
-    return pcfg, tcfg, predict_settings(recipe, ov.get("predict"))
+    return (merge("preprocess", recipe, ov.get("preprocess")), merge("train", recipe, ov.get("train")),
+            merge("predict", recipe, ov.get("predict")))
 
 
 def make_folds(cases: list[str], folds: int, seed: int, pcfg: PreprocessConfig,
@@ -78,11 +76,9 @@ def fill_plan_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     """A plan or fold settings dict written before a setting existed, with that setting's default
     filled in (what those folds used), so older output folders still resume and summarize."""
     out = dict(settings)
-    for key, cls in (("preprocess", PreprocessConfig), ("train", TrainConfig)):
+    for key, cls in STAGES.items():
         if isinstance(out.get(key), dict):
             out[key] = with_defaults(cls, out[key])
-    if isinstance(out.get("predict"), dict):
-        out["predict"] = {**PREDICT_DEFAULTS, **out["predict"]}
     return out
 
 
