@@ -41,6 +41,9 @@ def normalize(vol: np.ndarray, method: str, percentile: tuple[float, float] = (0
     """
     if method not in NORMS:
         raise ValueError(f"normalize: unknown method {method!r} (choose from {', '.join(NORMS)})")
+    lo, hi = float(vol.min()), float(vol.max())
+    if hi <= lo:
+        raise InputError(f"{name}: constant volume (every voxel is {lo:g})")
     if tissue is None:
         tissue = find_head(vol[None]).tissue
     if not tissue.any():
