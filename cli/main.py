@@ -219,6 +219,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
 @click.option("--tta", is_flag=True, help="average 8 flips/rotations; writes <case>_uncertainty.nii.gz")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
+@click.option("--explain", is_flag=True, help="also write <case>_explain.nii.gz: Grad-CAM evidence maps (docs/viewer.md)")
 @click.option("--min-size", type=click.IntRange(0), default=0, help="drop 3D components smaller than this (voxels)")
 @click.option("--keep-largest", is_flag=True, help="keep only the largest 3D component of each region")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
@@ -226,7 +227,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, threshold: float | None,
 @click.option("--device", default="auto", callback=_device, show_default=True)
 def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpoint: str, threshold: float | None,
             probabilities: bool, tta: bool, mc_dropout: int, min_size: int, keep_largest: bool, recipe: str | None,
-            device: str) -> None:
+            device: str, explain: bool = False) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space."""
     from .display import predict_table
     from brats2d.inference import load_predictor
@@ -239,7 +240,8 @@ def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, checkpo
     if mc_dropout and pred.train_cfg.dropout == 0:
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
-    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout, **ps)
+    rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout,
+                       explain=explain, **ps)
     predict_table(rows, errors, out)
     if errors and not rows:
         sys.exit(2)
