@@ -278,6 +278,7 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 
 
 from . import crossval as _crossval_commands  # noqa: E402,F401  (registers crossval, crossval-ensemble)
+from . import view as _view_command  # noqa: E402,F401  (registers view)
 
 
 if __name__ == "__main__":
