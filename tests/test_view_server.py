@@ -177,3 +177,24 @@ def test_uploaded_patient_is_predicted_and_listed(server: ViewServer, view_run: 
     assert case["source"] == "upload" and case["metrics"]["wt"]["dice"] >= 0
     for kind in ("flair", "seg", "pred", "prob", "explain"):
         assert get(server, case["layers"][kind])[0] == 200
+
+
+def test_cli_view_needs_something_to_show_and_predict_explain_writes_maps(view_run: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from brats2d.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["view"])
+    assert r.exit_code == 2 and "PRED_DIR" in r.output
+    case = sorted(view_run["raw"].iterdir())[0]
+    r = CliRunner().invoke(cli, ["predict", str(case), "--run-dir", str(view_run["run"]), "--out", str(tmp_path),
+                                 "--explain", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    import nibabel as nib
+
+    ex = nib.load(str(tmp_path / f"{case.name}_explain.nii.gz"))
+    flair = nib.load(str(next(case.glob("*_flair.nii.gz"))))
+    assert ex.shape == flair.shape and abs(ex.affine - flair.affine).max() < 1e-5
+    data = ex.get_fdata()
+    assert data.min() >= 0 and data.max() <= 1 + 1e-6

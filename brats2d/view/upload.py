@@ -108,7 +108,8 @@ def split_parts(body: Path, boundary: bytes, folder: Path, max_file: int) -> lis
                 if dest.exists():
                     raise UploadError(f"{base}: uploaded twice")
                 with open(dest, "wb") as g:
-                    g.write(m[start:nxt])
+                    for at in range(start, nxt, 1 << 20):  # in 1 MB pieces: a part is never all in memory
+                        g.write(m[at:min(at + (1 << 20), nxt)])
                 out.append(dest)
             pos = nxt + 2
     if not out:
