@@ -150,7 +150,8 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._file(s.niivue)
         if path == "/api/cases":
             return lambda: self._json({"cases": [c.to_json() for c in s.catalog.cases()],
-                                       "regions": s.catalog.regions(), "upload": s.jobs is not None})
+                                       "regions": s.catalog.regions(), "upload": s.jobs is not None,
+                                       "max_upload_mb": s.max_upload // 2**20})
         if path.startswith("/api/jobs/"):
             job = s.jobs.get(path[len("/api/jobs/"):]) if s.jobs is not None else None
             return None if job is None else (lambda: self._json(job.to_json()))

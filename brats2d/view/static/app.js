@@ -94,7 +94,7 @@ function showList() {
   $("list-empty").textContent = "No predictions here yet: run `brats2d predict ... --out PRED_DIR`, or upload a patient.";
   $("list-hint").hidden = !state.regions.length;
 }
-function escapeHtml(s) { return String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`); }
+export function escapeHtml(s) { return String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`); }
 
 // ---------- viewer
 async function niivue() {
@@ -306,7 +306,7 @@ function goToTumour() {
 
 // ---------- keyboard, controls
 document.addEventListener("keydown", (e) => {
-  if ($("case-view").hidden || !state.nv || e.target.tagName === "SELECT") return;
+  if ($("case-view").hidden || !state.nv || ["SELECT", "INPUT"].includes(e.target.tagName)) return;
   if (e.key === "ArrowUp" || e.key === "ArrowDown") { state.nv.moveCrosshairInVox(0, 0, e.key === "ArrowUp" ? 1 : -1); e.preventDefault(); }
   else if (e.key === "n") $("next").click();
   else if (e.key === "p") $("prev").click();
@@ -318,45 +318,6 @@ for (const a of [0, 1, 2]) $("slice-" + a).addEventListener("input", () => onSli
 $("to-tumour").addEventListener("click", goToTumour);
 $("by-region").addEventListener("change", () => { styleLayers(); state.nv.updateGLVolume(); });
 $("frame").addEventListener("change", () => { state.frame = +$("frame").value; frames(); state.nv.updateGLVolume(); });
-
-// ---------- upload
-const picked = [];
-function addFiles(list) {
-  for (const f of list) if (!picked.some((p) => p.name === f.name)) picked.push(f);
-  $("file-list").innerHTML = picked.map((f) => `<li>${escapeHtml(f.name)} <span class="empty">${(f.size / 2 ** 20).toFixed(1)} MB</span></li>`).join("");
-  $("send").disabled = !picked.length;
-  $("upload-error").hidden = true;
-}
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles(e.dataTransfer.files); });
-$("file-input").addEventListener("change", (e) => addFiles(e.target.files));
-function uploadError(msg) {
-  $("upload-error").hidden = false; $("upload-error").textContent = msg; $("progress").hidden = true;
-  $("send").disabled = false; picked.length = 0; $("file-list").innerHTML = "";
-}
-$("send").addEventListener("click", async () => {
-  $("send").disabled = true; $("upload-error").hidden = true;
-  $("progress").hidden = false; $("stage").textContent = "uploading…"; $("bar-fill").style.width = "2%";
-  const form = new FormData();
-  for (const f of picked) form.append("files", f, f.name);
-  let r;
-  try { r = await fetch("/api/upload", { method: "POST", body: form }); }
-  catch (e) { return uploadError("The upload failed (is the file over the size limit, or the server stopped?)"); }
-  const j = await r.json().catch(() => ({ error: `the server answered ${r.status}` }));
-  if (!r.ok) return uploadError(j.error);
-  poll(j.job);
-});
-async function poll(id) {
-  const j = await (await fetch("/api/jobs/" + id)).json();
-  $("bar-fill").style.width = Math.round(100 * Math.max(j.progress, 0.02)) + "%";
-  $("stage").textContent = j.stage;
-  if (j.state === "error") return uploadError(j.message);
-  if (j.state === "done") { picked.length = 0; $("file-list").innerHTML = ""; $("progress").hidden = true; $("send").disabled = true;
-    location.hash = "#/case/" + encodeURIComponent(j.case_id); return; }
-  setTimeout(() => poll(id), 700);
-}
 
 window.viewerState = state; // for debugging and the browser test
 route();
