@@ -45,7 +45,7 @@ def run_demo(out: str | Path, *, seed: int = 0, patients: int = 16, epochs: int 
     echo(f"[5/6] predicting the {len(test_cases)} test patients in source space, with TTA uncertainty and "
          f"explanation maps -> {pred_dir}")
     rows, _ = predict(load_predictor(run_dir), [raw / c for c in test_cases], pred_dir, threshold=cfg.threshold,
-                      probabilities=True, tta=True, explain=True)
+                      tta=True, explain=True)
     for r in rows:
         echo(f"      {r['patient']}: 3D Dice {r['regions']['wt']['dice']:.4f} -> {pred_dir / (r['patient'] + '_pred.nii.gz')}")
     echo("[6/6] pictures")

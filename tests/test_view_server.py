@@ -175,7 +175,7 @@ def test_uploaded_patient_is_predicted_and_listed(server: ViewServer, view_run: 
     assert job["state"] == "done", job
     case = next(c for c in json.loads(get(server, "/api/cases")[1])["cases"] if c["id"] == job["case_id"])
     assert case["source"] == "upload" and case["metrics"]["wt"]["dice"] >= 0
-    for kind in ("flair", "seg", "pred", "prob", "explain"):
+    for kind in ("flair", "seg", "pred", "explain"):
         assert get(server, case["layers"][kind])[0] == 200
 
 

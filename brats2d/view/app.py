@@ -12,7 +12,7 @@ from .upload import Job, Jobs
 
 
 class UploadPredictor:
-    """Runs `brats2d predict` (masks, probabilities, TTA uncertainty, explanation) on an uploaded patient
+    """Runs `brats2d predict` (mask, TTA uncertainty, explanation) on an uploaded patient
     with one run, and adds the result to the catalog. The model is loaded on the first upload."""
 
     def __init__(self, catalog: Catalog, run_dirs: list[Path], device: str = "auto", tta: bool = True) -> None:
@@ -35,7 +35,7 @@ class UploadPredictor:
         pred = self._predictor()
         th = pred.train_cfg.threshold
         job.stage, job.progress = "predicting the tumour" + (" (8 flips/rotations for the uncertainty)" if self.tta else ""), 0.15
-        rows, errors = predict(pred, [folder], out, threshold=th, probabilities=True, tta=self.tta)
+        rows, errors = predict(pred, [folder], out, threshold=th, tta=self.tta)
         if errors or not rows:
             raise ValueError(errors[0] if errors else f"{folder.name}: nothing was predicted")
         job.stage, job.progress = "explaining the prediction (integrated gradients)", 0.6

@@ -5,11 +5,12 @@ const $ = (id) => document.getElementById(id);
 const MODS = ["flair", "t1ce", "t1", "t2"];
 // BraTS colours: necrotic/non-enhancing core red, oedema green, enhancing tumour yellow (label 4, or 3 from 2023).
 const REGION_COLOURS = { 1: [230, 60, 60], 2: [60, 200, 90], 3: [250, 220, 50], 4: [250, 220, 50] };
+// Drawn in this order (later on top): the heat maps under the masks, the ground-truth contour over everything.
 const OVERLAYS = [
-  { kind: "seg", label: "Ground truth (contour)", colour: "#00e5ff", opacity: 1.0 },
-  { kind: "pred", label: "Prediction", colour: "#ff7a1a", opacity: 0.45 },
   { kind: "uncertainty", label: "Uncertainty", colour: "linear-gradient(90deg,#20f,#f0f)", opacity: 0.7, cmap: "blue2magenta" },
-  { kind: "explain", label: "Explanation", colour: "linear-gradient(90deg,#300,#f30,#ff0)", opacity: 0.6, cmap: "hot" },
+  { kind: "explain", label: "Explanation", colour: "linear-gradient(90deg,#300,#f30,#ff0)", opacity: 0.5, cmap: "hot" },
+  { kind: "pred", label: "Prediction", colour: "#ff7a1a", opacity: 0.35 },
+  { kind: "seg", label: "Ground truth (contour)", colour: "#00e5ff", opacity: 1.0 },
 ];
 const state = { cases: [], regions: [], sort: { key: "mean", desc: false }, current: null, modality: null,
                 nv: null, layers: [], frame: 0, fresh: true };
@@ -21,9 +22,10 @@ async function route() {
   for (const v of ["list-view", "case-view", "upload-view"]) $(v).hidden = true;
   $("nav-list").classList.toggle("active", !h.startsWith("#/upload"));
   $("nav-upload").classList.toggle("active", h.startsWith("#/upload"));
-  if (h.startsWith("#/case/")) { await loadCatalog(); return showCase(decodeURIComponent(h.slice(7))); }
+  await loadCatalog();
+  if (h.startsWith("#/case/")) return showCase(decodeURIComponent(h.slice(7)));
   if (h.startsWith("#/upload")) { $("upload-view").hidden = false; return; }
-  await loadCatalog(); showList();
+  showList();
 }
 
 async function loadCatalog() {
@@ -137,7 +139,8 @@ async function showCase(id) {
 function overlayControls(c) {
   const box = $("overlays");
   box.innerHTML = "";
-  for (const o of OVERLAYS) {
+  for (const k of ["seg", "pred", "uncertainty", "explain"]) { // the panel lists the masks first
+    const o = OVERLAYS.find((x) => x.kind === k);
     if (!c.layers[o.kind]) continue;
     const row = document.createElement("label");
     row.className = "overlay";
@@ -278,7 +281,7 @@ function onSlider(axis) {
 }
 function onLocation(d) {
   for (const a of [0, 1, 2]) { $("slice-" + a).value = d.vox[a]; $(`slice-${a}-v`).textContent = d.vox[a]; }
-  const names = ["scan", ...state.layers.slice(1)];
+  const names = ["scan", ...state.layers.slice(1).map((k) => (k === "seg" ? "gt contour" : k))];
   $("location").textContent = `voxel ${d.vox.join(", ")}\n` + d.values.map((v, i) =>
     `${(names[i] === "scan" ? (state.modality || "scan") : names[i]).padEnd(12)}${fmt(v.value)}`).join("\n");
 }
