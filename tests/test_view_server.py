@@ -88,11 +88,18 @@ def test_symlink_out_of_the_root_is_refused(server: ViewServer, view_run: dict[s
     secret.write_bytes(b"\x1f\x8bSECRET")
     link = view_run["pred"] / "leak_pred.nii.gz"
     os.symlink(secret, link)
+    inside = view_run["pred"] / "alias.csv"
+    os.symlink(view_run["pred"] / "metrics.csv", inside)
     try:
         status, body = get(server, "/files/pred/leak_pred.nii.gz")
         assert status == 403 and b"SECRET" not in body
+        assert get(server, "/files/pred/alias.csv")[0] == 200  # a link that stays inside is fine
+        from brats2d.view.catalog import Catalog
+
+        assert "leak" not in {c.id for c in Catalog(view_run["pred"], view_run["raw"]).cases()}
     finally:
         link.unlink()
+        inside.unlink()
 
 
 def test_resolve_refuses_what_the_routes_would_not_reach(tmp_path: Path) -> None:

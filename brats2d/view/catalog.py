@@ -27,9 +27,12 @@ class Root:
     name: str
     path: Path
 
-    def url(self, file: Path) -> str:
-        rel = file.resolve().relative_to(self.path.resolve())
-        return f"/files/{self.name}/" + "/".join(quote(p) for p in rel.parts)
+    def url(self, file: Path) -> str | None:
+        """The URL of a file found under this root, or None when its real path (symlinks followed) lies
+        outside: the server would refuse it, so the catalog does not list it."""
+        if not file.resolve().is_relative_to(self.path):
+            return None
+        return f"/files/{self.name}/" + "/".join(quote(p) for p in file.relative_to(self.path).parts)
 
 
 @dataclass
@@ -75,16 +78,14 @@ def scan_predictions(pred: Root, raw: Root | None, source: str = "predictions", 
     cases = []
     for mask in sorted(pred.path.glob("*_pred.nii.gz")):
         case = mask.name[: -len("_pred.nii.gz")]
-        layers = {}
+        found = {"pred": pred.url(mask)}
         p = patients.get(case)
         if p is not None and raw is not None:
-            for kind, file in p.files.items():
-                layers[kind] = raw.url(file)
-        layers["pred"] = pred.url(mask)
-        for m in MAPS:
-            f = pred.path / f"{case}_{m}.nii.gz"
-            if f.is_file():
-                layers[m] = pred.url(f)
+            found.update((kind, raw.url(file)) for kind, file in p.files.items())
+        found.update((m, pred.url(f)) for m in MAPS if (f := pred.path / f"{case}_{m}.nii.gz").is_file())
+        layers = {k: u for k, u in found.items() if u is not None}
+        if "pred" not in layers:
+            continue
         cases.append(Case(prefix + case, case, layers, metrics.get(case, {}), source))
     return cases
 

@@ -61,7 +61,8 @@ class ViewServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}/"
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/"
 
 
 def is_loopback(host: str) -> bool:
@@ -175,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             job_id = self._upload()
         except UploadError as e:
             self.close_connection = True  # the unread rest of a refused body must not be parsed as a request
-            self._error(400 if "limit" not in str(e) else 413, str(e))
+            self._error(e.status, str(e))
             return
         self._json({"job": job_id}, 202)
 
@@ -187,7 +188,7 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise UploadError("an upload needs a Content-Length") from None
         if length > s.max_upload:
-            raise UploadError(f"the upload ({length / 2**20:.0f} MB) is over the {s.max_upload / 2**20:.0f} MB limit")
+            raise UploadError(f"the upload ({length / 2**20:.0f} MB) is over the {s.max_upload / 2**20:.0f} MB limit", 413)
         boundary = boundary_of(self.headers.get("Content-Type", ""))
         job, job_dir = s.jobs.new()
         try:

@@ -29,7 +29,11 @@ MAX_FILES = 6  # four modalities, a seg, and one spare
 
 
 class UploadError(Exception):
-    """A refused upload; the message is shown on the page as is."""
+    """A refused upload; the message is shown on the page as is. `status`: the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -103,7 +107,8 @@ def split_parts(body: Path, boundary: bytes, folder: Path, max_file: int) -> lis
                 if not NAME.fullmatch(base) or not base.endswith(NIFTI_SUFFIXES):
                     raise UploadError(f"{base!r}: not a NIfTI file name (expected e.g. <case>_flair.nii.gz)")
                 if nxt - start > max_file:
-                    raise UploadError(f"{base}: {(nxt - start) / 2**20:.1f} MB is over the {max_file / 2**20:.0f} MB limit per file")
+                    raise UploadError(f"{base}: {(nxt - start) / 2**20:.1f} MB is over the {max_file / 2**20:.0f} MB "
+                                      "limit per file", 413)
                 dest = folder / base
                 if dest.exists():
                     raise UploadError(f"{base}: uploaded twice")
