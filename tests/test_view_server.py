@@ -205,3 +205,19 @@ def test_cli_view_needs_something_to_show_and_predict_explain_writes_maps(view_r
     assert ex.shape == flair.shape and abs(ex.affine - flair.affine).max() < 1e-5
     data = ex.get_fdata()
     assert data.min() >= 0 and data.max() <= 1 + 1e-6
+
+
+def test_cli_view_prints_the_url_and_warns_off_localhost(view_run: dict[str, Path], fake_niivue: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from brats2d.cli.main import cli
+
+    served: list[ViewServer] = []
+    monkeypatch.setattr("brats2d.view.app.serve_forever", lambda s: (served.append(s), s.server_close()))
+    r = CliRunner().invoke(cli, ["view", str(view_run["pred"]), "--raw", str(view_run["raw"]), "--port", "0"])
+    assert r.exit_code == 0, r.output
+    assert "Not for clinical use" in r.output and f"http://127.0.0.1:{served[0].server_address[1]}/" in r.output
+    assert "warning" not in r.output
+    r = CliRunner().invoke(cli, ["view", str(view_run["pred"]), "--host", "0.0.0.0", "--port", "0"])
+    assert r.exit_code == 0 and "warning: serving on 0.0.0.0" in r.output
