@@ -53,5 +53,6 @@ def run_demo(out: str | Path, *, seed: int = 0, patients: int = 16, epochs: int 
     for name, path in pics.items():
         echo(f"      {name}: {path}")
     echo(f"done: everything is under {out}")
-    echo(f"look at the predictions (not for clinical use): brats2d view {pred_dir} --raw {raw} --run-dir {run_dir}")
+    echo(f"look at the predictions (not for clinical use; add --run-dir {run_dir} to upload scans):")
+    echo(f"  brats2d view {pred_dir} --raw {raw}")
     return {"run_dir": str(run_dir), "metrics": res, "pictures": pics, "prediction": rows[0]}
