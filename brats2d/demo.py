@@ -42,12 +42,17 @@ def run_demo(out: str | Path, *, seed: int = 0, patients: int = 16, epochs: int 
     echo(f"      pooled Dice {wt['pooled']['dice']:.4f}, per-patient 3D Dice mean "
          f"{wt['per_patient_dice']['mean']:.4f} -> {run_dir / 'metrics_test.json'}")
     test_cases = json.loads((cache_path.parent / "cache.splits.json").read_text())["test"]
-    echo(f"[5/6] predicting {test_cases[0]} in source space -> {pred_dir}")
-    rows, _ = predict(load_predictor(run_dir), [raw / test_cases[0]], pred_dir, threshold=cfg.threshold)
-    echo(f"      3D Dice {rows[0]['regions']['wt']['dice']:.4f} -> {pred_dir / (test_cases[0] + '_pred.nii.gz')}")
+    echo(f"[5/6] predicting the {len(test_cases)} test patients in source space, with TTA uncertainty and "
+         f"explanation maps -> {pred_dir}")
+    rows, _ = predict(load_predictor(run_dir), [raw / c for c in test_cases], pred_dir, threshold=cfg.threshold,
+                      tta=True, explain=True)
+    for r in rows:
+        echo(f"      {r['patient']}: 3D Dice {r['regions']['wt']['dice']:.4f} -> {pred_dir / (r['patient'] + '_pred.nii.gz')}")
     echo("[6/6] pictures")
     pics = report(run_dir)
     for name, path in pics.items():
         echo(f"      {name}: {path}")
     echo(f"done: everything is under {out}")
+    echo(f"look at the predictions (not for clinical use; add --run-dir {run_dir} to upload scans):")
+    echo(f"  brats2d view {pred_dir} --raw {raw}")
     return {"run_dir": str(run_dir), "metrics": res, "pictures": pics, "prediction": rows[0]}

@@ -87,6 +87,18 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
     return row
 
 
+def explain_case(pred: Predictor, folder: str | Path, out: str | Path, threshold: float) -> Path:
+    """Write OUT/<case>_explain.nii.gz: Integrated-Gradients evidence maps in [0, 1] (brats2d/explain.py), laid out as
+    <case>_prob.nii.gz (X, Y, Z) for one region, (X, Y, Z, K) for several. Returns the path."""
+    from .explain import explain_volume
+
+    patient, image, _, _ = load_case(pred, folder)
+    maps = explain_volume(pred, image, threshold)
+    path = Path(out) / f"{patient.case}_explain.nii.gz"
+    _save_nifti(maps[0] if len(maps) == 1 else np.moveaxis(maps, 0, -1), patient.files[pred.prep_cfg.modalities[0]], path)
+    return path
+
+
 def score_variants(pred: Predictor, folder: str | Path, threshold: float,
                    variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """One patient (with a seg) scored under several predict settings {name: {tta, min_size, keep_largest
@@ -140,8 +152,11 @@ def collect_inputs(inputs: list[str | Path]) -> list[Patient]:
     return found
 
 
-def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, **kw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, explain: bool = False,
+            **kw: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Predict every patient under `inputs`; write OUT/metrics.csv when any has a seg.
+
+    `explain`: also write OUT/<case>_explain.nii.gz (see `explain_case`).
 
     Returns (rows, errors): one bad patient is reported and skipped, the others still run.
     """
@@ -150,6 +165,8 @@ def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, **kw: An
     for p in collect_inputs(inputs):
         try:
             rows.append(predict_case(pred, p.folder, out, **kw))
+            if explain:
+                explain_case(pred, p.folder, out, kw.get("threshold", 0.5))
         except InputError as e:
             errors.append(str(e))
     scored = [r for r in rows if any("dice" in v for v in r["regions"].values())]

@@ -196,14 +196,17 @@ def evaluate(run_dir: str, split: str, threshold: float | None, cache: str | Non
 @click.option("--probabilities", is_flag=True, help="also write <case>_prob.nii.gz")
 @setting_options("predict", default_note="the first run's predict.json")
 @click.option("--mc-dropout", type=click.IntRange(0), default=0, help="N stochastic passes (model trained with --dropout)")
+@click.option("--explain", is_flag=True,
+              help="also write <case>_explain.nii.gz: where the tumour evidence comes from (docs/viewer.md)")
 @recipe_option("use this recipe's predict settings instead of the run's")
 @click.option("--device", default="auto", callback=parse_device, show_default=True)
 @set_option("predict")
 def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, threshold: float | None,
-            probabilities: bool, mc_dropout: int, recipe: str | None, device: str, sets: Settings, **kw: Any) -> None:
+            probabilities: bool, mc_dropout: int, explain: bool, recipe: str | None, device: str, sets: Settings,
+            **kw: Any) -> None:
     """Predict masks for patient folders (or folders of them) in the scans' own space.
 
-    With TTA it also writes <case>_uncertainty.nii.gz.
+    With TTA it also writes <case>_uncertainty.nii.gz; with --explain, <case>_explain.nii.gz.
     """
     from .display import predict_table
     from brats2d.inference import load_predictor
@@ -215,7 +218,7 @@ def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, thresho
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
     rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout,
-                       min_size=ps.min_size, tta=ps.tta, keep_largest=ps.keep_largest)
+                       min_size=ps.min_size, tta=ps.tta, keep_largest=ps.keep_largest, explain=explain)
     predict_table(rows, errors, out)
     if errors and not rows:
         sys.exit(2)
@@ -253,8 +256,11 @@ def demo(out: str, seed: int, patients: int, epochs: int, shape: tuple[float, ..
 
 from .crossval import crossval, crossval_ensemble  # noqa: E402  (after the commands above: help lists them first)
 
+from .view import view  # noqa: E402
+
 cli.add_command(crossval)
 cli.add_command(crossval_ensemble)
+cli.add_command(view)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,23 @@ def bench_script(name: str) -> Any:
 def experiment_script(name: str) -> Any:
     """experiments/<name>.py loaded as a module."""
     return script("experiments", name)
+@pytest.fixture(scope="session")
+def view_run(tiny_cache: Path, raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A miniature `make demo`: a tiny trained run and `predict --probabilities --tta --explain` of three
+    patients (one without its seg, so it has no metrics), for the viewer's tests. Keys: raw, run, pred."""
+    from brats2d.inference import load_predictor
+    from brats2d.predict import predict
+    from brats2d.train import train
+
+    base = tmp_path_factory.mktemp("view")
+    run = base / "run"
+    train(tiny_cache, run, TrainConfig(**{**TINY, "epochs": 3}), log=lambda m: None)
+    raw = base / "raw"
+    cases = sorted(p.name for p in raw_dir.iterdir())[:3]
+    for case in cases:
+        shutil.copytree(raw_dir / case, raw / case)
+    for seg in (raw / cases[2]).glob("*_seg.nii.gz"):
+        seg.unlink()
+    predict(load_predictor(run, device="cpu"), [raw], base / "pred", threshold=0.5, probabilities=True, tta=True,
+            explain=True)
+    return {"raw": raw, "run": run, "pred": base / "pred"}
