@@ -18,7 +18,7 @@ def run_demo(out: str | Path, *, seed: int = 0, patients: int = 16, epochs: int 
     """
     from .evaluate import evaluate
     from .inference import load_predictor
-    from .predict import predict
+    from .predict import explain_case, predict
     from .preprocess import preprocess
     from .report import report
     from .synth import write_cohort
@@ -42,10 +42,11 @@ def run_demo(out: str | Path, *, seed: int = 0, patients: int = 16, epochs: int 
     echo(f"      pooled Dice {wt['pooled']['dice']:.4f}, per-patient 3D Dice mean "
          f"{wt['per_patient_dice']['mean']:.4f} -> {run_dir / 'metrics_test.json'}")
     test_cases = json.loads((cache_path.parent / "cache.splits.json").read_text())["test"]
-    echo(f"[5/6] predicting the {len(test_cases)} test patients in source space, with TTA uncertainty and "
-         f"explanation maps -> {pred_dir}")
-    rows, _ = predict(load_predictor(run_dir), [raw / c for c in test_cases], pred_dir, threshold=cfg.threshold,
-                      tta=True, explain=True)
+    echo(f"[5/6] predicting the {len(test_cases)} test patients in source space with TTA uncertainty, and an "
+         f"explanation map of {test_cases[0]} -> {pred_dir}")
+    pred = load_predictor(run_dir)
+    rows, _ = predict(pred, [raw / c for c in test_cases], pred_dir, threshold=cfg.threshold, tta=True)
+    explain_case(pred, raw / test_cases[0], pred_dir, cfg.threshold)  # one is enough to look at; each costs a path integral
     for r in rows:
         echo(f"      {r['patient']}: 3D Dice {r['regions']['wt']['dice']:.4f} -> {pred_dir / (r['patient'] + '_pred.nii.gz')}")
     echo("[6/6] pictures")
