@@ -132,3 +132,15 @@ def check(stats: ScanStats, profile: Profile | None) -> list[str]:
 
 def _ranges(rng: list[tuple[float, float]]) -> str:
     return ", ".join(_fmt(lo) if lo == hi else f"{_fmt(lo)}..{_fmt(hi)}" for lo, hi in rng)
+
+
+def recorded_profile(patients: dict[str, dict[str, Any]], cases: list[str]) -> dict[str, Any] | None:
+    """The Profile (as a dict) of `cases` from a cache's per-patient records (their "scan" entries), which
+    a run keeps for predict; None when none was recorded (a cache written before they were) or when they
+    were recorded by another version of ScanStats (no profile rather than a wrong one)."""
+    try:
+        stats = [ScanStats.from_dict(patients[c]["scan"]) for c in cases if (patients.get(c) or {}).get("scan")]
+    except (KeyError, TypeError):
+        return None
+    profile = Profile.of(stats)
+    return None if profile is None else profile.to_dict()

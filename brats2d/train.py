@@ -29,7 +29,7 @@ from .config import ConfigError, PredictConfig, TrainConfig
 from .dataset import EpochPlan, SliceCache, iterate
 from .losses import make_loss
 from .model import build_model
-from .ood import Profile, ScanStats
+from .ood import recorded_profile
 from .report import plot_curves
 from .rundir import RunDir, TrainingStopped, read_predict_record, write_predict_record
 from .trainstate import Trainer, TrainState, best_checkpoint, latest_checkpoint, restore, select_best
@@ -80,19 +80,7 @@ def run_identity(tr: Trainer, cfg: TrainConfig, world_size: int = 1) -> dict[str
     m = tr.meta
     return {"train": cfgmod.to_dict(cfg), "cache": {"config": m.config, "counts": m.counts,
             "checksums": m.checksums}, "model": {"in_channels": m.image_shape[0], "out_channels": m.mask_channels},
-            "world_size": world_size, "cache_path": str(Path(m.path).resolve()), "inputs": input_profile(m)}
-
-
-def input_profile(meta: cache.CacheMeta) -> dict[str, Any] | None:
-    """The range of the training patients' scan properties (brats2d.ood.Profile as a dict), which predict
-    compares new scans with; None for a cache written before they were recorded."""
-    try:
-        stats = [ScanStats.from_dict(meta.patients[c]["scan"]) for c in meta.splits.get("train", [])
-                 if (meta.patients.get(c) or {}).get("scan")]
-    except (KeyError, TypeError):  # recorded by another version of ScanStats: no profile rather than a wrong one
-        return None
-    profile = Profile.of(stats)
-    return None if profile is None else profile.to_dict()
+            "world_size": world_size, "cache_path": str(Path(m.path).resolve()), "inputs": recorded_profile(m.patients, m.splits.get("train", []))}
 
 
 def train_step(tr: Trainer, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

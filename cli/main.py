@@ -89,7 +89,7 @@ def synth(out: str, patients: int, seed: int, shape: tuple[float, ...], naming: 
 @panels(*STANDARD_PANELS)
 @click.argument("raw", type=click.Path())
 @click.option("--out", default=DEFAULT_CACHE, show_default=True, help="cache file to write")
-@recipe_option("preset settings (explicit options still win); see README Results")
+@recipe_option("preset settings (explicit options still win); see docs/experiments.md")
 @setting_options("preprocess")
 @click.option("--workers", type=click.IntRange(0), default=0, help="processes (default: all cores)",
               panel=PANELS[COMPUTE])
@@ -119,7 +119,7 @@ def preprocess(raw: str, out: str, workers: int, force: bool, strict: bool, spli
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, type=click.Path())
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
 @recipe_option("preset settings for training and the run's predict settings (explicit options still win); "
-               "see README Results")
+               "see docs/experiments.md")
 @setting_options("train")
 @click.option("--device", default="auto", callback=parse_device, show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True, panel=PANELS[COMPUTE],
