@@ -39,6 +39,7 @@ import torch
 from brats2d.cache import read_meta
 from brats2d.config import ConfigError, PredictConfig, PreprocessConfig, TrainConfig, to_dict, to_json
 from brats2d.cv.plan import make_folds, settings
+from brats2d.files import write_json
 from brats2d.inference import load_predictor
 from brats2d.model import build_model
 from brats2d.nifti import discover
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for v in variants:
             split = split_for(cases, v.settings()[0], a.fold, a.folds, a.cv_seed)
             res["rows"].append(run_variant(v, raw, work, split, a.device, prep_seconds))
+            if a.json:  # the rows so far survive a later variant's failure (hours into a full run)
+                a.json.parent.mkdir(parents=True, exist_ok=True)
+                write_json(a.json, res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["machine"]["loadavg_end"] = os.getloadavg()
