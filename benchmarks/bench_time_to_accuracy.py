@@ -130,7 +130,8 @@ def run_variant(v: Variant, raw: Path, work: Path, split: dict[str, list[str]], 
         h.remove()
     if not scored:
         raise SystemExit(f"variant {v.name}: no held-out patient to score (split {split})")
-    dice = {r["patient"]: r["regions"]["wt"]["dice"] for r in scored}
+    region = "wt" if "wt" in pred.regions else pred.regions[0]  # whole tumour unless the run predicts tc or et only
+    dice = {r["patient"]: r["regions"][region]["dice"] for r in scored}
     images = tcfg.epochs * meta.counts["train"]
     return {"name": v.name, "recipe": v.recipe, "overrides": v.overrides,
             "settings": {"preprocess": to_dict(pcfg), "train": to_dict(tcfg), "predict": to_dict(rec)},
@@ -142,7 +143,7 @@ def run_variant(v: Variant, raw: Path, work: Path, split: dict[str, list[str]], 
             "predict_s_per_patient": statistics.mean(r["seconds"] for r in scored),
             "predict_images_per_patient": forwarded[0] / len(scored),
             "predict_tflop_per_patient": infer_flops * forwarded[0] / len(scored) / 1e12,
-            "dice_wt": {"per_patient": dice, "mean": statistics.mean(dice.values()),
+            "dice": {"region": region, "per_patient": dice, "mean": statistics.mean(dice.values()),
                         "median": statistics.median(dice.values()), "min": min(dice.values())}}
 
 
@@ -217,7 +218,7 @@ def report(res: dict[str, Any]) -> None:
     for c in cols:
         t.add_column(c, justify="left" if c == "variant" else "right")
     for r in res["rows"]:
-        n, d = r["patients"], r["dice_wt"]
+        n, d = r["patients"], r["dice"]
         t.add_row(r["name"], f"{n['train']}/{n['val']}/{n['test']}", f"{r['train_images']:,}", f"{r['train_tflop']:.3g}",
                   f"{r['prep_minutes']:.1f}" + ("*" if r["cache_shared"] else ""), f"{r['train_minutes']:.1f}",
                   f"{r['predict_s_per_patient']:.1f}", f"{r['predict_tflop_per_patient']:.3g}",
@@ -230,7 +231,7 @@ def report(res: dict[str, Any]) -> None:
                   f"{r['train_slices']:,} slices, {r['train_gflop_per_image']:.2f} GFLOP/image; predict: "
                   f"{r['predict_models']} model(s), {r['predict_images_per_patient']:.0f} slices/patient")
     con.print("patients: train/val/test; images: training images seen (epochs x slices); *: the cache another row "
-              "built; Dice: per-patient 3D whole tumour on the test patients")
+              "built; Dice: per-patient 3D Dice (whole tumour) on the test patients")
     con.print(f"load average {m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f} on {m['cpu_count']} cores "
               "(minutes stretch with other load). Research benchmark, not for clinical use.")
     con.print(f"total {res['total_s']:.0f} s")

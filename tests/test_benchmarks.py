@@ -133,7 +133,8 @@ def test_bench_time_to_accuracy_quick(tmp_path: Path) -> None:
         assert math.isclose(r["train_tflop"] * 1e12, r["train_images"] * r["train_gflop_per_image"] * 1e9)
         assert _positive(r["train_tflop"]) and _positive(r["train_minutes"]) and _positive(r["prep_minutes"])
         assert _positive(r["predict_s_per_patient"]) and _positive(r["predict_tflop_per_patient"])
-        assert 0.0 <= r["dice_wt"]["min"] <= r["dice_wt"]["median"] <= 1.0 and len(r["dice_wt"]["per_patient"]) == 1
+        d = r["dice"]
+        assert d["region"] == "wt" and 0.0 <= d["min"] <= d["median"] <= 1.0 and len(d["per_patient"]) == 1
     # slices predicted per patient: head slices of each plane the recipe predicts, per model
     assert 0 < rows["seed"]["predict_images_per_patient"] <= 24
     assert 24 < rows["brats2d"]["predict_images_per_patient"] <= (24 + 48 + 48) * rows["brats2d"]["predict_models"]
