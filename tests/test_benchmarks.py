@@ -112,3 +112,72 @@ def test_resolution_ceiling_quick(tmp_path: Path) -> None:
     # Down-sampling 240 -> 64 and back loses boundary voxels; a bigger grid (or the brain crop) loses fewer.
     assert rows["64x64"]["dice_mean"] < rows["160x160"]["dice_mean"] < 1.0
     assert rows["96x96"]["dice_mean"] < rows["96x96, brain crop"]["dice_mean"]
+
+
+def test_bench_time_to_accuracy_quick(tmp_path: Path) -> None:
+    from brats2d.device import cpu_supports_bf16
+
+    # 8 tiny phantoms (seed split 6/1/1), a tiny U-Net: the seed recipe, brats2d (3 planes) and a variant
+    res = _run("bench_time_to_accuracy.py", tmp_path, "--synthetic", "8", "--shape", "48,48,24",
+               "--set", "preprocess.size=32", "--set", "train.base_channels=4", "--set", "train.depth=2",
+               "--set", "train.threads=1", "--recipes", "seed,brats2d", "--variant", "narrow:brats2d:train.base_channels=2")
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["seed", "brats2d", "narrow"]
+    assert res["settings"]["dataset"] == "synthetic" and res["settings"]["split"] == "seed"
+    assert _positive(res["peak_gflops"]["fp32"])
+    assert (res["peak_gflops"]["bf16"] is not None) == cpu_supports_bf16()
+    for r in rows.values():
+        assert r["patients"] == {"train": 6, "val": 1, "test": 1}, r["patients"]
+        assert r["epochs"] == 1 and r["settings"]["preprocess"]["size"] == 32  # --quick, then --set
+        assert r["train_images"] == r["train_slices"] > 0
+        assert math.isclose(r["train_tflop"] * 1e12, r["train_images"] * r["train_gflop_per_image"] * 1e9)
+        assert _positive(r["train_tflop"]) and _positive(r["train_minutes"]) and _positive(r["prep_minutes"])
+        assert _positive(r["predict_s_per_patient"]) and _positive(r["predict_tflop_per_patient"])
+        d = r["dice"]
+        assert d["region"] == "wt" and 0.0 <= d["min"] <= d["median"] <= 1.0 and len(d["per_patient"]) == 1
+    # slices predicted per patient: head slices of each plane the recipe predicts, per model
+    assert 0 < rows["seed"]["predict_images_per_patient"] <= 24
+    assert 24 < rows["brats2d"]["predict_images_per_patient"] <= (24 + 48 + 48) * rows["brats2d"]["predict_models"]
+    assert rows["brats2d"]["settings"]["preprocess"]["views"] == ["axial", "coronal", "sagittal"]
+    assert rows["narrow"]["settings"]["train"]["base_channels"] == 2 and rows["narrow"]["cache_shared"]
+    assert rows["narrow"]["train_gflop_per_image"] < rows["brats2d"]["train_gflop_per_image"]
+
+
+def test_flops_per_image_matches_a_hand_count() -> None:
+    from brats2d.model import build_model
+
+    from .conftest import bench_script
+
+    C, K, b, S = 2, 3, 3, 16  # depth-1 U-Net: 3x3 convs C->b->b, b->2b->2b at S/2, (2b+b)->b->b, 1x1 head b->K
+    fwd = 2 * S * S * (9 * C * b + 9 * b * b + 9 * 3 * b * b + 9 * b * b + b * K) + 2 * (S // 2) ** 2 * 9 * (2 * b * b + 4 * b * b)
+    count = bench_script("bench_time_to_accuracy").flops_per_image
+    model = build_model(C, K, b, 1)
+    assert count(model, (C, S, S), train=False) == fwd
+    # backward: twice the forward (input and weight gradients), but no input gradient for the first conv
+    assert count(model, (C, S, S), train=True) == 3 * fwd - 2 * S * S * 9 * C * b
+    assert model.training
+
+
+def test_bench_time_to_accuracy_variants_and_splits() -> None:
+    import pytest
+
+    from brats2d.config import ConfigError, PreprocessConfig
+    from brats2d.cv.plan import make_folds
+
+    from .conftest import bench_script
+
+    mod = bench_script("bench_time_to_accuracy")
+    v = mod.parse_variant("narrow16:brats2d:train.base_channels=16:predict.checkpoint=best", ["train.epochs=1",
+                                                                                             "train.base_channels=8"])
+    pcfg, tcfg, pc = v.settings()
+    assert (v.name, v.recipe, tcfg.base_channels, tcfg.epochs, tcfg.schedule) == ("narrow16", "brats2d", 16, 1, "cosine")
+    assert pcfg.norm == "zscore" and pc.checkpoint == "best" and pc.keep_largest
+    assert mod.parse_variant("seed").settings()[1].base_channels == 32
+    for bad in ("nope", "x:nope", "x:seed:train.base_channels=0", "x:seed:train.no_such=1"):
+        with pytest.raises(ConfigError):
+            mod.parse_variant(bad)
+    cases = [f"P{i:02d}" for i in range(34)]
+    seed = mod.split_for(cases, PreprocessConfig(), None, 5, 42)
+    assert [len(seed[s]) for s in ("train", "val", "test")] == [24, 5, 5]
+    fold = mod.split_for(cases, PreprocessConfig(), 2, 5, 42)
+    assert fold == make_folds(cases, 5, 42, PreprocessConfig())["splits"][2] and not set(fold["test"]) & set(seed["test"])
