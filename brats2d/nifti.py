@@ -156,7 +156,10 @@ def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool =
     for m in wanted:
         if m not in patient.files:
             suffix = SUFFIXES[patient.naming][m]
-            raise InputError(f"{patient.folder / (patient.case + suffix + '.nii.gz')}: missing {m} file")
+            path = patient.folder / (patient.case + suffix + ".nii.gz")
+            if m == "seg":
+                raise InputError(f"{path}: missing seg file")
+            raise InputError(f"{path}: missing {m} file (this model reads {', '.join(modalities)}); patient skipped")
     chans = []
     ref_path = patient.files[modalities[0]]
     ref_affine: np.ndarray | None = None

@@ -17,7 +17,7 @@ from brats2d import metrics as M
 from brats2d.config import PreprocessConfig, TrainConfig
 from brats2d.evaluate import evaluate
 from brats2d.inference import Predictor, load_predictor
-from brats2d.nifti import InputError
+from brats2d.nifti import InputError, discover, load_patient
 from brats2d.predict import postprocess, predict, predict_case, score_variants
 from brats2d.report import report
 from brats2d.train import train
@@ -173,6 +173,12 @@ def test_wrong_inputs_are_clear_errors(tiny_run: Path, raw_copy: Path, tmp_path:
     assert any(cases[1].name in e for e in errors)
     with pytest.raises(InputError, match="not a BraTS patient folder"):
         predict_case(pred, tmp_path, None)
+    # A multimodal model names the modality and the file a patient lacks.
+    (cases[2] / f"{cases[2].name}_t2.nii.gz").unlink()
+    with pytest.raises(InputError) as e:
+        load_patient(discover(cases[2])[0], ("flair", "t1ce", "t2"), need_seg=False)
+    assert str(cases[2] / f"{cases[2].name}_t2.nii.gz") in str(e.value)
+    assert "missing t2 file (this model reads flair, t1ce, t2)" in str(e.value)
 
 
 def test_eval_writes_consistent_metrics(tiny_run: Path, raw_dir: Path) -> None:
