@@ -4,7 +4,6 @@ peak), FLOPs per image of a model, and the end (total time, the printed table, t
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,12 +25,14 @@ def num_threads(n: int) -> Iterator[None]:
 
 def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]], None],
            json_path: Path | None) -> dict[str, Any]:
-    """Record total_s, print the report, write `json_path` (parents created) when given; returns `res`."""
+    """Record total_s, print the report, write `json_path` (atomically, parents created) when given."""
+    from brats2d.files import write_json
+
     res["total_s"] = time.perf_counter() - t_start
     report(res)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=2))
+        write_json(json_path, res)
     return res
 
 
