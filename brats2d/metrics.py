@@ -205,14 +205,22 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask)
 
 
-def hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...] | None = None) -> float:
+EMPTY_HD95 = ("inf", "brats")  # what hd95 gives when exactly one mask is empty (see hd95)
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...] | None = None,
+         empty: str = "inf") -> float:
     """95th-percentile symmetric Hausdorff distance between the surfaces of two masks.
 
     pred/target: bool or 0/1 arrays of equal shape (2D or 3D; any ndim works). spacing: voxel size
     per axis of the arrays (e.g. mm); None means 1.0 per axis. Returns a float in units of spacing:
     max of the 95th percentiles of the two directed edge-to-edge distance sets (MONAI's definition).
-    Both masks empty -> 0.0; exactly one empty -> inf.
+    Empty-mask rule: both masks empty -> 0.0; exactly one empty -> `empty`: "inf" (MONAI gives nan), or
+    "brats" (the BraTS challenge's: the image diagonal, sqrt(sum((shape * spacing) ** 2)), 373.13 mm
+    for 240 x 240 x 155 voxels of 1 mm), which keeps means and medians finite.
     """
+    if empty not in EMPTY_HD95:
+        raise ValueError(f"empty: {empty!r} (choose from {', '.join(EMPTY_HD95)})")
     p, t = _pair(pred, target)
     sp = np.ones(p.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     if sp.shape != (p.ndim,) or np.any(sp <= 0):
@@ -221,7 +229,7 @@ def hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...] | None
     if not has_p and not has_t:
         return 0.0
     if not has_p or not has_t:
-        return float("inf")
+        return float(np.sqrt(np.sum((np.asarray(p.shape) * sp) ** 2))) if empty == "brats" else float("inf")
     # Crop to the union bounding box + 1 voxel: distances are translation invariant and every edge
     # voxel lies inside, so the result is unchanged while the erosions run on a small box, not the volume.
     union = p | t

@@ -139,7 +139,7 @@ def score_masks(pred: Predictor, patient: Patient, masks: np.ndarray, seg: np.nd
         if seg is not None:
             truth = region_masks(seg, region, patient.et_label)[0]
             c = M.confusion(masks[k], truth)
-            r.update(dice=float(M.dice(c)), hd95=M.hd95(masks[k], truth, spacing), tumour_voxels=int(truth.sum()))
+            r.update(dice=float(M.dice(c)), hd95=M.hd95(masks[k], truth, spacing, empty="brats"), tumour_voxels=int(truth.sum()))
         out[region] = r
     return out
 

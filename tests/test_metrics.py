@@ -135,6 +135,16 @@ def test_hd95_empty_cases_and_errors() -> None:
     one[2, 2] = True
     assert M.hd95(z, z) == 0.0
     assert M.hd95(one, z) == math.inf and M.hd95(z, one) == math.inf
+    # The BraTS challenge's rule: one empty mask costs the image diagonal (373.13 mm at 240x240x155, 1 mm).
+    assert M.hd95(z, z, empty="brats") == 0.0
+    assert M.hd95(one, z, empty="brats") == M.hd95(z, one, empty="brats") == pytest.approx(math.sqrt(50))
+    big, empty = np.zeros((240, 240, 155), bool), np.zeros((240, 240, 155), bool)
+    big[100:110, 100:110, 70:80] = True
+    assert M.hd95(big, empty, (1.0, 1.0, 1.0), empty="brats") == pytest.approx(373.13, abs=0.005)
+    assert M.hd95(big[::2, ::2], empty[::2, ::2], (2.0, 2.0, 1.0), empty="brats") == pytest.approx(373.13, abs=0.005)
+    assert M.hd95(big, big, (1.0, 1.0, 1.0), empty="brats") == 0.0  # not empty: the usual distance
+    with pytest.raises(ValueError, match="empty"):
+        M.hd95(one, z, empty="nan")
     with pytest.raises(ValueError, match="spacing"):
         M.hd95(one, one, spacing=(1.0, 1.0, 1.0))
 
