@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from brats2d import cache
 from brats2d.dataset import EpochPlan, SliceCache, iterate
 from brats2d.device import cpu_supports_bf16, resolve_precision
 

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, Root, scan_predictions
+from .catalog import Catalog, scan_predictions
 from .server import ViewServer
 from .upload import Job, Jobs
 
