@@ -140,6 +140,16 @@ def crossval_table(summary: dict[str, Any]) -> None:
             t.add_row(name, f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}", _fmt(d["median"]), _fmt(d["min"]),
                       _fmt(r["hd95_median"]), f"{pr['mean']:+.3f} ± {pr['se']:.3f}", f"{pr['better']} / {pr['worse']}")
         c.print(t)
+    if len(summary["regions"]) > 1:  # the BraTS summary: one row per region
+        t = Table(title="per region: 3D Dice and HD95 per held-out patient (BraTS rule for empty masks: "
+                        "docs/pipeline.md)")
+        for col in ("region", "patients", "Dice mean ± sd", "median", "worst", "HD95 mean mm", "HD95 median mm"):
+            t.add_column(col, justify="left" if col == "region" else "right")
+        for region, r in summary["regions"].items():
+            d, h = r["dice"], r["hd95"]
+            t.add_row(region.upper(), str(len(r["per_patient"])), f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}",
+                      _fmt(d["median"]), _fmt(d["min"]), _fmt(h["mean"]), _fmt(h["median"]))
+        c.print(t)
     if summary["excluded"]:
         c.print(f"seed test patients excluded from CV ({len(summary['excluded'])}): {', '.join(summary['excluded'])}",
                 highlight=False)

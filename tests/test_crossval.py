@@ -446,3 +446,31 @@ def test_fit_ceiling_predicts_every_patient_in_every_role(cv: tuple[Path, dict],
     fit = [r for r in res["patients"] if r["train"] is not None]
     assert res["summary"]["train"]["minus_held_out"]["mean"] == pytest.approx(np.mean([r["train"] - r["test"] for r in fit]))
     assert json.loads((tmp_path / "fc.json").read_text())["summary"] == res["summary"]
+
+
+def test_cli_multimodal_crossval_scores_three_regions_the_brats_way(raw_dir: Path, tmp_path: Path) -> None:
+    """The multimodal protocol end to end on phantoms (issue #35's CI check): FLAIR + T1ce + T2 in, three
+    sigmoid regions out, every held-out patient scored per region with 3D Dice and HD95 under the BraTS
+    empty-mask rule, and the per-region summary table printed."""
+    out = tmp_path / "cv"
+    res = CliRunner().invoke(cli, ["crossval", str(raw_dir), "--out", str(out), "--folds", "2", "--include-test",
+                                   "--recipe", "brats2d", "--modalities", "flair,t1ce,t2", "--region", "all",
+                                   "--views", "axial", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "cv_summary.json").read_text())
+    assert list(s["regions"]) == ["wt", "tc", "et"]
+    cases = sorted(_cases(raw_dir))
+    diagonal = float(np.linalg.norm([48, 48, 24]))  # the phantoms' shape at 1 mm: HD95 when one mask is empty
+    for region, r in s["regions"].items():
+        assert sorted(p["patient"] for p in r["per_patient"]) == cases  # each patient held out once
+        for p in r["per_patient"]:
+            assert 0.0 <= p["dice"] <= 1.0 and 0.0 <= p["hd95"] <= diagonal + 1e-6, (region, p)
+        assert r["dice"]["mean"] == pytest.approx(np.mean([p["dice"] for p in r["per_patient"]]))
+    m = json.loads((out / "fold0" / "metrics.json").read_text())
+    assert json.loads(checkpoint.load(out / "fold0" / "run" / "best_model.pth")["config"])["base_channels"] == 4
+    meta = cache.read_meta(out / "fold0" / "cache.h5")
+    assert meta.config["modalities"] == ["flair", "t1ce", "t2"] and meta.image_shape[0] == 3 and meta.mask_channels == 3
+    assert set(m["volume"]) == {"wt", "tc", "et"}
+    table = res.output[res.output.index("per region"):]
+    for name in ("WT", "TC", "ET"):
+        assert f"\n│ {name} " in table or f"\n┃ {name} " in table, table
