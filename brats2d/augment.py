@@ -132,3 +132,25 @@ def apply_spatial(x: "torch.Tensor", y: "torch.Tensor", params: np.ndarray) -> t
     x[t] = F.grid_sample(x[t], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y[t] = (F.grid_sample(y[t], grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).to(y.dtype)
     return x, y
+
+
+def draw_blanks(rng: np.random.Generator, n: int, modalities: int, p: float) -> np.ndarray | None:
+    """(n, modalities) bool, True where a sample's modality is blanked (modality dropout), or None when
+    p == 0 or there is one modality. Each modality after the first is blanked with probability p,
+    independently; the first (FLAIR in every recipe) never is, so every sample keeps one image. Drawn
+    after the other transforms, so turning it on leaves them unchanged."""
+    if p <= 0 or modalities <= 1:
+        return None
+    out = rng.random((n, modalities)) < p
+    out[:, 0] = False
+    return out
+
+
+def apply_blanks(x: "torch.Tensor", blanks: np.ndarray, channel_modality: tuple[int, ...]) -> "torch.Tensor":
+    """x (B, C, S, S) -> x with every channel of a blanked modality set to 0, the value `prepare` gives a
+    modality the scan lacks. blanks (B, M) bool; channel_modality (C,) the modality index of each channel
+    (PreprocessConfig.channel_modality: mirror and context channels follow their modality)."""
+    import torch
+
+    keep = ~blanks[:, list(channel_modality)]  # (B, C)
+    return x * torch.from_numpy(keep).to(x.dtype)[:, :, None, None]

@@ -109,6 +109,13 @@ class PreprocessConfig:
         z + context, channel-major."""
         return len(self.modalities) * (2 if self.mirror else 1) * (2 * self.context + 1)
 
+    @property
+    def channel_modality(self) -> tuple[int, ...]:
+        """For each of the in_channels image channels, the index in `modalities` of the modality it holds
+        (its mirror and context neighbours included): what modality dropout and a missing scan blank."""
+        per = 2 * self.context + 1
+        return tuple((ch // per) % len(self.modalities) for ch in range(self.in_channels))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -136,6 +143,9 @@ class TrainConfig:
                                 EXPERIMENT)
     spatial_scale: float = _setting(0.3, "zoom = exp(U(-s, s)): 0.74..1.35 at 0.3", EXPERIMENT)
     spatial_rotate: float = _setting(45.0, "rotation U(-r, r), degrees", EXPERIMENT)
+    modality_dropout: float = _setting(0.0, "per-slice probability of blanking each modality after the first "
+                                       "(zeros, as predict fills one a scan lacks), so a model serves scans "
+                                       "without them", EXPERIMENT)
     base_channels: int = _setting(32, "U-Net channels at the first level (doubled per level)")
     depth: int = _setting(4, "U-Net down-sampling levels (1..6)", EXPERIMENT)
     dropout: float = _setting(0.0, "dropout probability in the U-Net blocks (predict --mc-dropout needs > 0)",
@@ -166,6 +176,7 @@ class TrainConfig:
         _check(0.0 <= self.intensity_scale < 1.0, f"intensity_scale: must be in [0, 1), got {self.intensity_scale}")
         _check(0.0 <= self.spatial_p <= 1.0, f"spatial_p: must be in [0, 1], got {self.spatial_p}")
         _check(0.0 <= self.spatial_scale <= 1.0, f"spatial_scale: must be in [0, 1], got {self.spatial_scale}")
+        _check(0.0 <= self.modality_dropout < 1.0, f"modality_dropout: must be in [0, 1), got {self.modality_dropout}")
         _check(0.0 <= self.spatial_rotate <= 180.0, f"spatial_rotate: must be in [0, 180] degrees, got {self.spatial_rotate}")
         _check(isinstance(self.dice_batch, bool), f"dice_batch: must be true or false, got {self.dice_batch!r}")
         _check(self.grad_clip >= 0, f"grad_clip: must be >= 0 (0 turns it off), got {self.grad_clip}")

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from . import cache
-from .augment import apply_batch, apply_intensity, apply_spatial, draw_codes, draw_intensity, draw_spatial
+from .config import PreprocessConfig, from_dict, with_defaults
+from .augment import (apply_batch, apply_blanks, apply_intensity, apply_spatial, draw_blanks, draw_codes, draw_intensity,
+                      draw_spatial)
 
 
 # Release mapped pages after this many gathered bytes. The kernel maps whole page-cache folios (up to
@@ -36,20 +38,24 @@ class EpochPlan:
     drop_last: bool
     gains: np.ndarray | None = None  # (n, 2) float32 (gamma, scale) of the image intensities, None: unchanged
     spatial: np.ndarray | None = None  # (n, 2) float32 (zoom, angle in radians) of image and mask, None: unchanged
+    blanks: np.ndarray | None = None  # (n, M) bool modalities blanked (modality dropout), None: none
 
     @classmethod
     def make(cls, n: int, batch_size: int, seed: int, epoch: int, *, shuffle: bool = True,
              augment: bool = True, drop_last: bool = False,
              intensity: tuple[float, float, float] = (0.0, 0.0, 0.0),
-             spatial: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> "EpochPlan":
+             spatial: tuple[float, float, float] = (0.0, 0.0, 0.0),
+             blank: tuple[float, int] = (0.0, 1)) -> "EpochPlan":
         """intensity: (p, gamma, scale) of `augment.draw_intensity`; spatial: (p, scale, rotate) of
-        `augment.draw_spatial`; both used only with augment=True."""
+        `augment.draw_spatial`; blank: (p, modalities) of `augment.draw_blanks`; all used only with
+        augment=True."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
         codes = draw_codes(rng, n) if augment else None
         gains = draw_intensity(rng, n, *intensity) if augment else None
         moves = draw_spatial(rng, n, *spatial) if augment else None
-        return cls(order.astype(np.int64), codes, batch_size, drop_last, gains, moves)
+        blanks = draw_blanks(rng, n, blank[1], blank[0]) if augment else None
+        return cls(order.astype(np.int64), codes, batch_size, drop_last, gains, moves, blanks)
 
     def __len__(self) -> int:
         n = len(self.order)
@@ -73,15 +79,17 @@ class EpochPlan:
         n = len(self.order)
         total = -(-n // world) * world if pad and n > 0 else n
         take = (np.arange(total) % max(n, 1))[rank::world]
-        part = [None if a is None else a[take] for a in (self.codes, self.gains, self.spatial)]
-        return EpochPlan(self.order[take], part[0], self.batch_size, self.drop_last, part[1], part[2])
+        part = [None if a is None else a[take] for a in (self.codes, self.gains, self.spatial, self.blanks)]
+        return EpochPlan(self.order[take], part[0], self.batch_size, self.drop_last, part[1], part[2], part[3])
 
-    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """(indices, codes, gains, spatial) of batch b, indices sorted so the memmap is read forward."""
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None,
+                                     np.ndarray | None]:
+        """(indices, codes, gains, spatial, blanks) of batch b, indices sorted so the memmap is read forward."""
         sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
         idx = self.order[sl]
         srt = np.argsort(idx, kind="stable")
-        return (idx[srt], *(None if a is None else a[sl][srt] for a in (self.codes, self.gains, self.spatial)))
+        return (idx[srt], *(None if a is None else a[sl][srt] for a in (self.codes, self.gains, self.spatial,
+                                                                         self.blanks)))
 
 
 class SliceCache:
@@ -97,6 +105,8 @@ class SliceCache:
         if split not in cache.SPLITS:
             raise cache.CacheError(f"{path}: no split {split!r} (choose from {', '.join(cache.SPLITS)})")
         self.n = self.meta.counts[split]
+        cfg = from_dict(PreprocessConfig, with_defaults(PreprocessConfig, self.meta.config))
+        self.channel_modality = cfg.channel_modality  # (C,) modality index of each image channel
         self._arrays: tuple[Any, Any] | None = None
         self._pid = -1
         self._maps: list[mmap.mmap] = []
@@ -138,9 +148,9 @@ class SliceCache:
         return cache.read_index(self.path, self.split)
 
     def gather(self, idx: np.ndarray, codes: np.ndarray | None = None, gains: np.ndarray | None = None,
-               spatial: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               spatial: np.ndarray | None = None, blanks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, S, S) and masks (B, K, S, S) as float32 tensors for sorted `idx`, transformed by
-        `codes` (both), then `spatial` (both), then `gains` (images only)."""
+        `codes` (both), then `spatial` (both), then `gains` and `blanks` (images only)."""
         images, masks = self.arrays()
         x, y = images[idx], masks[idx]
         self._since_release += x.nbytes + y.nbytes
@@ -152,7 +162,11 @@ class SliceCache:
         xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
         if spatial is not None:
             xt, yt = apply_spatial(xt, yt, spatial)
-        return (xt if gains is None else apply_intensity(xt, gains)), yt
+        if gains is not None:
+            xt = apply_intensity(xt, gains)
+        if blanks is not None:
+            xt = apply_blanks(xt, blanks, self.channel_modality)
+        return xt, yt
 
 
 class _EpochBatches(torch.utils.data.Dataset):

@@ -71,15 +71,17 @@ class Explainer(Predictor):
         return out / len(self.models), None
 
 
-def explain_volume(pred: Predictor, image: np.ndarray, threshold: float, steps: int = 16) -> np.ndarray:
-    """Explanation maps (K, X, Y, Z) float32 in [0, 1] for a raw volume (C, X, Y, Z).
+def explain_volume(pred: Predictor, image: np.ndarray, threshold: float, steps: int = 16,
+                   blank: tuple[int, ...] = ()) -> np.ndarray:
+    """Explanation maps (K, X, Y, Z) float32 in [0, 1] for a raw volume (C, X, Y, Z) (`blank`: channels of
+    modalities the scan lacks, as in Predictor.volume).
 
     Each region's map is scaled by its maximum over the volume (all zeros when nothing is predicted),
     so 1 marks the strongest evidence in this scan; values are not comparable across scans.
     """
     _require_captum()
     with torch.enable_grad():
-        maps, _ = Explainer.of(pred, threshold, steps).volume(image)
+        maps, _ = Explainer.of(pred, threshold, steps).volume(image, blank=blank)
     peak = maps.reshape(len(maps), -1).max(axis=1)
     scale = np.where(peak > 0, 1.0 / np.maximum(peak, 1e-12), 0.0).astype(np.float32)
     return np.ascontiguousarray(maps * scale[:, None, None, None], dtype=np.float32)

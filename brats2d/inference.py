@@ -101,16 +101,16 @@ class Predictor:
         assert p is not None
         return p.div_(len(self.models)).cpu().numpy()
 
-    def volume(self, image: np.ndarray, views: tuple[str, ...] | None = None, **kw
+    def volume(self, image: np.ndarray, views: tuple[str, ...] | None = None, blank: tuple[int, ...] = (), **kw
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (K, X, Y, Z) float32 for a raw scan (C, X, Y, Z), every slice.
 
-        Shorthand for `volume_prepared(prepare(image, prep_cfg))`: the scan is normalized exactly as
-        the cache was (brats2d.slicing.prepare).
+        Shorthand for `volume_prepared(prepare(image, prep_cfg, blank=blank))`: the scan is normalized
+        exactly as the cache was (brats2d.slicing.prepare); `blank` channels are modalities it lacks.
         """
         if image.ndim != 4:
             raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {image.shape}")
-        return self.volume_prepared(prepare(image, self.prep_cfg), views, **kw)
+        return self.volume_prepared(prepare(image, self.prep_cfg, blank=blank), views, **kw)
 
     def volume_prepared(self, prep: Prepared, views: tuple[str, ...] | None = None, **kw
                         ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -145,8 +145,12 @@ def check_left_right(affine: np.ndarray, path: Path) -> None:
                          "(e.g. nibabel.as_closest_canonical) or train without --mirror")
 
 
-def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True, left_right: bool = False):
+def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool = True, left_right: bool = False,
+                 optional: tuple[str, ...] = ()):
     """Read the requested modalities (stacked (C, X, Y, Z) float32) and the seg (X, Y, Z) int16 or None.
+
+    A modality in `optional` that the patient lacks comes back as zeros (predict with a model trained with
+    modality dropout: `prepare(..., blank=...)` then leaves it blank); the first modality is never optional.
 
     Checks that every file exists, shapes and affines agree, and voxels are finite (and with
     `left_right`, that the first array axis runs left-right: what mirror input needs); returns
@@ -154,30 +158,33 @@ def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool =
     """
     wanted = list(modalities) + (["seg"] if need_seg else [])
     for m in wanted:
-        if m not in patient.files:
+        if m not in patient.files and (m not in optional or m == modalities[0]):
             suffix = SUFFIXES[patient.naming][m]
             path = patient.folder / (patient.case + suffix + ".nii.gz")
             if m == "seg":
                 raise InputError(f"{path}: missing seg file")
-            raise InputError(f"{path}: missing {m} file (this model reads {', '.join(modalities)}); patient skipped")
-    chans = []
+            raise InputError(f"{path}: missing {m} file (this model reads {', '.join(modalities)}); patient skipped"
+                             + (f" (a model trained with --modality-dropout needs only {modalities[0]})" if optional == ()
+                                and len(modalities) > 1 and m != modalities[0] else ""))
+    read: dict[str, np.ndarray] = {}
     ref_path = patient.files[modalities[0]]
     ref_affine: np.ndarray | None = None
     spacing = (1.0, 1.0, 1.0)
-    for m in modalities:
+    for m in (m for m in modalities if m in patient.files):  # an absent optional one is zeros, below
         data, affine, zooms = load_volume(patient.files[m])
         if ref_affine is None:
             ref_affine, spacing = affine, zooms
             if left_right:
                 check_left_right(affine, patient.files[m])
-        elif data.shape != chans[0].shape:
-            raise InputError(f"{patient.files[m]}: shape {data.shape} differs from {ref_path.name} {chans[0].shape}")
+        elif data.shape != read[modalities[0]].shape:
+            raise InputError(f"{patient.files[m]}: shape {data.shape} differs from {ref_path.name} {read[modalities[0]].shape}")
         elif not np.allclose(affine, ref_affine, atol=1e-3):
             raise InputError(f"{patient.files[m]}: affine differs from {ref_path.name}")
         vol = data.astype(np.float32, copy=False)
         if not np.isfinite(vol).all():
             raise InputError(f"{patient.files[m]}: contains NaN or infinite voxels")
-        chans.append(vol)
+        read[m] = vol
+    chans = [read[m] if m in read else np.zeros_like(read[modalities[0]]) for m in modalities]
     seg = None
     if need_seg:
         sdata, saffine, _ = load_volume(patient.files["seg"])

@@ -44,20 +44,26 @@ class ScanStats:
     p99: tuple[float, ...]
 
     @classmethod
-    def measure(cls, raw: np.ndarray, normalized: np.ndarray, head: Head, spacing: Iterable[float]) -> "ScanStats":
+    def measure(cls, raw: np.ndarray, normalized: np.ndarray, head: Head, spacing: Iterable[float],
+                blank: tuple[int, ...] = ()) -> "ScanStats":
         """From a scan (C, X, Y, Z) as read, its normalized modality channels (C, X, Y, Z) float32 and its
-        head (brats2d.head.Head; percentiles over its tissue voxels)."""
+        head (brats2d.head.Head, found over the channels not in `blank`; percentiles over its tissue
+        voxels). A `blank` channel (a modality the scan lacks) gets NaN in every per-channel property."""
         spread, p01, p99 = [], [], []
         tissue = head.tissue
+        nan = float("nan")
         for c in range(normalized.shape[0]):
+            if c in blank:
+                spread.append(nan), p01.append(nan), p99.append(nan)
+                continue
             lo, hi = np.percentile(raw[c][tissue], (1, 99)) if tissue.any() else (0.0, 0.0)
             spread.append(round(float(hi - lo), 6))
             lo, hi = np.percentile(normalized[c][tissue], (1, 99)) if tissue.any() else (0.0, 0.0)
             p01.append(round(float(lo), 4))
             p99.append(round(float(hi), 4))
         return cls(tuple(int(n) for n in head.mask.shape), tuple(round(float(s), 4) for s in spacing),  # type: ignore[arg-type]
-                   round(head.fraction, 5), tuple(float(b) for b in head.background), tuple(spread), tuple(p01),
-                   tuple(p99))
+                   round(head.fraction, 5), tuple(_insert_nan([float(b) for b in head.background], blank)),
+                   tuple(spread), tuple(p01), tuple(p99))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -124,9 +130,19 @@ def check(stats: ScanStats, profile: Profile | None) -> list[str]:
             out.append(f"background level {_fmt(b)} of channel {k} (training {_ranges([(lo, hi)])}; found and masked)")
     for name, what in (("p01", "1st"), ("p99", "99th")):
         for k, (g, (lo, hi)) in enumerate(zip(getattr(stats, name), profile.ranges.get(name, []))):
+            if math.isnan(g):  # a modality the scan lacks (predicted blank)
+                continue
             margin = max(INTENSITY_MARGIN * (hi - lo), INTENSITY_FLOOR)
             if not (lo - margin <= g <= hi + margin):
                 out.append(f"normalized {what} percentile {_fmt(g)} of channel {k} (training {_ranges([(lo, hi)])})")
+    return out
+
+
+def _insert_nan(values: list[float], at: tuple[int, ...]) -> list[float]:
+    """`values` of the present channels with NaN put back at the blank channels' places `at`."""
+    out = list(values)
+    for c in sorted(at):
+        out.insert(c, float("nan"))
     return out
 
 

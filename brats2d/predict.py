@@ -66,7 +66,8 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
     """
     t0 = time.perf_counter()
     patient, image, seg, spacing = load_case(pred, folder)
-    prep = prepare(image, pred.prep_cfg, spacing, [str(patient.files[m]) for m in pred.prep_cfg.modalities])
+    mods, blank = pred.prep_cfg.modalities, blank_channels(pred, patient)
+    prep = prepare(image, pred.prep_cfg, spacing, [str(patient.files.get(m, m)) for m in mods], blank)
     prob, var = pred.volume_prepared(prep, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
     masks = np.stack([postprocess(p > threshold, min_size, keep_largest) for p in prob])
     if out is not None:
@@ -81,7 +82,7 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
         if var is not None:
             _save_nifti(np.moveaxis(var, 0, -1).squeeze(-1).astype(np.float32) if len(var) == 1
                         else np.moveaxis(var, 0, -1).astype(np.float32), ref, out / f"{patient.case}_uncertainty.nii.gz")
-    row = {"patient": patient.case, "ood": check(prep.stats, pred.profile),
+    row = {"patient": patient.case, "ood": check(prep.stats, pred.profile), "blank": [mods[c] for c in blank],
            "regions": score_masks(pred, patient, masks, seg, spacing)}
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
@@ -93,7 +94,7 @@ def explain_case(pred: Predictor, folder: str | Path, out: str | Path, threshold
     from .explain import explain_volume
 
     patient, image, _, _ = load_case(pred, folder)
-    maps = explain_volume(pred, image, threshold)
+    maps = explain_volume(pred, image, threshold, blank=blank_channels(pred, patient))
     path = Path(out) / f"{patient.case}_explain.nii.gz"
     _save_nifti(maps[0] if len(maps) == 1 else np.moveaxis(maps, 0, -1), patient.files[pred.prep_cfg.modalities[0]], path)
     return path
@@ -110,7 +111,8 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
     patient, image, seg, spacing = load_case(pred, folder)
     if seg is None:
         raise InputError(f"{folder}: no seg file to score against")
-    probs = {tta: pred.volume(image, tta=tta)[0] for tta in sorted({bool(v["tta"]) for v in variants.values()})}
+    blank = blank_channels(pred, patient)
+    probs = {tta: pred.volume(image, tta=tta, blank=blank)[0] for tta in sorted({bool(v["tta"]) for v in variants.values()})}
     out = {}
     for name, v in variants.items():
         th = float(v.get("threshold", threshold))
@@ -120,14 +122,24 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
 
 
 def load_case(pred: Predictor, folder: str | Path) -> tuple[Patient, np.ndarray, np.ndarray | None, tuple[float, ...]]:
-    """A patient folder read for `pred`: (Patient, image (C, X, Y, Z) float32 with the run's modalities
-    (and mirror channels), seg (X, Y, Z) labels or None when the folder has none, voxel spacing (mm))."""
+    """A patient folder read for `pred`: (Patient, image (C, X, Y, Z) float32 with the run's modalities,
+    seg (X, Y, Z) labels or None when the folder has none, voxel spacing (mm)).
+
+    A run trained with modality dropout accepts a scan without any modality but the first: its channel
+    is zeros here, and `blank_channels` names it for `prepare`. Any other missing file is an InputError."""
     patient = patient_from_folder(Path(folder))
     if patient is None:
         raise InputError(f"{folder}: not a BraTS patient folder (no <case>_flair / <case>-t2f NIfTI)")
-    image, seg, _, spacing = load_patient(patient, pred.prep_cfg.modalities, need_seg="seg" in patient.files,
-                                          left_right=pred.prep_cfg.mirror)
+    mods = pred.prep_cfg.modalities
+    image, seg, _, spacing = load_patient(patient, mods, need_seg="seg" in patient.files,
+                                          left_right=pred.prep_cfg.mirror,
+                                          optional=mods[1:] if pred.train_cfg.modality_dropout > 0 else ())
     return patient, image, seg, spacing
+
+
+def blank_channels(pred: Predictor, patient: Patient) -> tuple[int, ...]:
+    """Indices in the run's modalities of those the patient lacks (only a modality-dropout run accepts any)."""
+    return tuple(c for c, m in enumerate(pred.prep_cfg.modalities) if m not in patient.files)
 
 
 def score_masks(pred: Predictor, patient: Patient, masks: np.ndarray, seg: np.ndarray | None,
@@ -173,9 +185,10 @@ def predict(pred: Predictor, inputs: list[str | Path], out: str | Path, explain:
     if scored:
         with atomic_write(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["patient", "region", "dice", "hd95_mm", "tumour_voxels", "pred_voxels", "seconds", "ood"])
+            w.writerow(["patient", "region", "dice", "hd95_mm", "tumour_voxels", "pred_voxels", "seconds", "ood", "blank"])
             for r in scored:
                 for region, v in r["regions"].items():
                     w.writerow([r["patient"], region, f"{v['dice']:.4f}", f"{v['hd95']:.2f}", v["tumour_voxels"],
-                                v["pred_voxels"], r["seconds"], "; ".join(r.get("ood", []))])
+                                v["pred_voxels"], r["seconds"], "; ".join(r.get("ood", [])),
+                                " ".join(r.get("blank", []))])
     return rows, errors

@@ -132,18 +132,22 @@ class Prepared:
 
 
 def prepare(image: np.ndarray, cfg: PreprocessConfig, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-            names: list[str] | None = None) -> Prepared:
+            names: list[str] | None = None, blank: tuple[int, ...] = ()) -> Prepared:
     """Normalize a raw scan (C, X, Y, Z) exactly as preprocess does for the cache; predict calls it too.
 
     The head is found once, jointly over the modalities, and every later step (normalization statistics,
     crop box, mirror) uses it. `names` label the channels in error messages (file names); `spacing` is
-    the scan's mm per voxel, recorded in the stats.
+    the scan's mm per voxel, recorded in the stats. `blank` lists channels the scan lacks: they play no
+    part in finding the head and stay 0 after normalization, the value a model trained with modality
+    dropout saw for a dropped modality (TrainConfig.modality_dropout).
     """
-    head = find_head(image)
+    present = [c for c in range(image.shape[0]) if c not in blank]
+    head = find_head(image[present])
     names = names or [f"channel {c}" for c in range(image.shape[0])]
-    out = np.stack([normalize(image[c], cfg.norm, cfg.percentile, name=names[c], tissue=head.tissue)
-                    for c in range(image.shape[0])])
-    stats = ScanStats.measure(image, out, head, spacing)
+    out = np.zeros(image.shape, np.float32)
+    for c in present:
+        out[c] = normalize(image[c], cfg.norm, cfg.percentile, name=names[c], tissue=head.tissue)
+    stats = ScanStats.measure(image, out, head, spacing, blank)
     if cfg.mirror:
         out = with_mirror(out, head.mask)
     return Prepared(out, head, box_for(head.mask, cfg.crop), stats)

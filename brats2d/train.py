@@ -268,6 +268,7 @@ def _train(d: distributed.Dist, dev: torch.device, cache_path: str | Path, run_d
                 plan = EpochPlan.make(len(tr.train), cfg.batch_size, cfg.seed, epoch, augment=cfg.augment,
                                       intensity=(cfg.intensity_p, cfg.intensity_gamma, cfg.intensity_scale),
                                       spatial=(cfg.spatial_p, cfg.spatial_scale, cfg.spatial_rotate),
+                                      blank=(cfg.modality_dropout, len(tr.train.meta.config["modalities"])),
                                       ).shard(d.rank, d.world)
                 t0, seen0 = time.perf_counter(), st.seen
                 for step, (x, y) in enumerate(iterate(tr.train, plan, st.step, num_workers, tr.device.type == "cuda"),

@@ -97,6 +97,9 @@ def predict_table(rows: list[dict[str, Any]], errors: list[str], out: str) -> No
                       _fmt(v["hd95"]) if "hd95" in v else "-", str(v["pred_voxels"]), f"{r['seconds']:.2f}")
     c.print(t)
     for r in rows:
+        if r.get("blank"):
+            c.print(f"note: {r['patient']} has no {', '.join(r['blank'])} file; predicted with that input blank, as "
+                    "the model was trained with modality dropout (docs/pipeline.md)", highlight=False)
         if r.get("ood"):
             c.print(f"[yellow]warning:[/] {r['patient']} looks unlike the run's training scans: "
                     + "; ".join(r["ood"]) + " (check its mask; docs/inputs.md)", highlight=False)

@@ -67,7 +67,7 @@ def test_intensity_augmentation_changes_images_only_and_keeps_the_stream(tiny_ca
     assert np.all((gamma > np.exp(-0.35) - 1e-6) & (gamma < np.exp(0.35) + 1e-6))
     assert np.all((scale >= 0.75 - 1e-6) & (scale <= 1.25 + 1e-6))
     for b in range(len(plan)):
-        idx, codes, gains, _ = plan.batch(b)
+        idx, codes, gains, *_ = plan.batch(b)
         x, y = data.gather(idx, codes, gains)
         for j in range(len(idx)):
             geo = apply_one(np.asarray(images[idx[j]], np.float32), codes[j])
@@ -107,7 +107,7 @@ def test_spatial_augmentation_moves_image_and_mask_together_and_keeps_the_stream
     assert np.all(np.abs(angle) <= np.deg2rad(45.0) + 1e-6) and np.abs(angle).max() > np.deg2rad(20)
     moved = 0
     for b in range(len(plan)):
-        idx, codes, _, spatial = plan.batch(b)
+        idx, codes, _, spatial, _ = plan.batch(b)
         x, y = data.gather(idx, codes, None, spatial)
         for j in range(len(idx)):
             geo_x = apply_one(np.asarray(images[idx[j]], np.float32), codes[j])
