@@ -474,3 +474,16 @@ def test_cli_multimodal_crossval_scores_three_regions_the_brats_way(raw_dir: Pat
     table = res.output[res.output.index("per region"):]
     for name in ("WT", "TC", "ET"):
         assert f"\n│ {name} " in table or f"\n┃ {name} " in table, table
+
+
+def test_prediction_cost_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
+    out, summary = cv
+    res = experiment_script("prediction_cost").main([str(out), "--raw", str(raw_dir), "--json", str(tmp_path / "pc.json")])
+    want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
+    assert res["settings"]["own"] == "best, axial"
+    assert {r["patient"]: r["dice"]["best, axial"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
+    v = res["variants"]
+    assert set(v) == {"best, axial", "latest, axial", "best+latest, axial"}
+    assert (v["best, axial"]["passes"], v["best+latest, axial"]["passes"]) == (1.0, 2.0)
+    assert "paired" not in v["best, axial"] and v["latest, axial"]["paired"]["se"] >= 0
+    assert json.loads((tmp_path / "pc.json").read_text())["variants"] == res["variants"]
