@@ -474,6 +474,13 @@ def test_cli_multimodal_crossval_scores_three_regions_the_brats_way(raw_dir: Pat
     table = res.output[res.output.index("per region"):]
     for name in ("WT", "TC", "ET"):
         assert f"\n│ {name} " in table or f"\n┃ {name} " in table, table
+    # experiments/missing_modalities.py: the complete scan reproduces the folds' scores, region by region
+    mm = experiment_script("missing_modalities").main([str(out), "--raw", str(raw_dir)])
+    assert list(mm["summary"]) == ["flair+t1ce+t2", "flair+t1ce", "flair+t2", "flair"]
+    for region, r in s["regions"].items():
+        want = {p["patient"]: p["dice"] for p in r["per_patient"]}
+        assert {p["patient"]: p["dice"]["flair+t1ce+t2"][region] for p in mm["patients"]} == pytest.approx(want, abs=1e-9)
+        assert mm["summary"]["flair"][region]["paired"]["se"] >= 0
 
 
 def test_prediction_cost_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_dir: Path, tmp_path: Path) -> None:
