@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time to a good model: named recipes trained on one fixed patient split, scored on its held-out patients.
 
-    python benchmarks/bench_time_to_accuracy.py [--recipes seed,brats2d] [--variant NAME:RECIPE[:stage.field=value]...]
+    python benchmarks/bench_time_to_accuracy.py [--recipes brats2d,brats2d-fast] [--variant NAME:RECIPE[:stage.field=value]...]
         [--set stage.field=value] [--raw DIR | --synthetic N] [--fold I [--folds K]] [--quick] [--json PATH]
 
 The split is the seed split of the raw folder (PreprocessConfig split and seed: 70/15/15 with seed 42, 24/5/5
@@ -149,7 +149,7 @@ def run_variant(v: Variant, raw: Path, work: Path, split: dict[str, list[str]], 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipes", default="brats2d", help=f"comma-separated recipes, one row each ({', '.join(RECIPES)})")
+    ap.add_argument("--recipes", default="brats2d,brats2d-fast", help=f"comma-separated recipes, one row each ({', '.join(RECIPES)})")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:RECIPE[:stage.field=value...]",
                     help="a further row: a recipe with its own overrides (repeatable)")
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="stage.field=value",

@@ -78,6 +78,11 @@ def test_merge_order_defaults_then_recipe_then_explicit() -> None:
         for stage, values in stages.items():
             cfg = merge(stage, name)
             assert {k: getattr(cfg, k) for k in values} == values, (name, stage)
+    # brats2d-fast is brats2d with a U-Net of half the width (a quarter of the FLOPs), nothing else
+    for stage in ("preprocess", "train", "predict"):
+        fast, full = to_dict(merge(stage, "brats2d-fast")), to_dict(merge(stage, "brats2d"))
+        assert {k for k in fast if fast[k] != full[k]} == ({"base_channels"} if stage == "train" else set()), stage
+    assert merge("train", "brats2d-fast").base_channels == 16
     record = PredictConfig(tta=True, checkpoint="latest")  # e.g. what a run recorded
     assert merge("predict", None, {"checkpoint": "best"}, base=record) == PredictConfig(tta=True, checkpoint="best")
     with pytest.raises(ConfigError, match="unknown TrainConfig setting"):
