@@ -83,6 +83,9 @@ def test_merge_order_defaults_then_recipe_then_explicit() -> None:
         fast, full = to_dict(merge(stage, "brats2d-fast")), to_dict(merge(stage, "brats2d"))
         assert {k for k in fast if fast[k] != full[k]} == ({"base_channels"} if stage == "train" else set()), stage
     assert merge("train", "brats2d-fast").base_channels == 16
+    mm = merge("preprocess", "brats2d-mm")
+    assert (mm.modalities, mm.region, mm.in_channels, mm.out_channels) == (("flair", "t1ce", "t2"), "all", 3, 3)
+    assert merge("train", "brats2d-mm") == merge("train", "brats2d-fast")
     record = PredictConfig(tta=True, checkpoint="latest")  # e.g. what a run recorded
     assert merge("predict", None, {"checkpoint": "best"}, base=record) == PredictConfig(tta=True, checkpoint="best")
     with pytest.raises(ConfigError, match="unknown TrainConfig setting"):
