@@ -21,7 +21,8 @@ _BRATS2D: dict[str, dict[str, Any]] = {
     "train": {"schedule": "cosine", "epochs": 4, "loss": "bce+dice"},
     "predict": {"keep_largest": True, "checkpoint": "best+latest"},
 }
-_FAST = {**_BRATS2D, "train": {**_BRATS2D["train"], "base_channels": 16}}
+_FAST = {**_BRATS2D, "train": {**_BRATS2D["train"], "base_channels": 16},
+         "predict": {**_BRATS2D["predict"], "checkpoint": "best"}}
 # brats2d-mm: brats2d-fast reading FLAIR, T1ce and T2 and segmenting the three BraTS regions (WT, TC, ET).
 _MM = {**_FAST, "preprocess": {**_FAST["preprocess"], "modalities": ("flair", "t1ce", "t2"), "region": "all"}}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
