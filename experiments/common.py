@@ -38,3 +38,18 @@ def finish(res: dict[str, Any], t_start: float, report: Callable[[dict[str, Any]
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_path, res)
     return res
+
+
+def paired_cells(p: dict[str, Any] | None) -> tuple[str, str]:
+    """The "paired" and "better / worse" cells of a report row from brats2d.cv.summary.paired ("—" without one)."""
+    return (f"{p['mean']:+.4f} ± {p['se']:.4f}", f"{p['better']} / {p['worse']}") if p else ("—", "—")
+
+
+def show(table: Any, total_s: float, width: int = 120) -> None:
+    """Print a report's rich table at least `width` columns wide (wide tables stay readable in a log), then
+    the script's total time."""
+    from rich.console import Console
+
+    con = Console(width=max(width, Console().width))
+    con.print(table)
+    con.print(f"total {total_s:.0f} s")

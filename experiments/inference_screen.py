@@ -32,7 +32,7 @@ from brats2d import metrics as M
 from brats2d.cv.folds import held_out_patients, predict_as_planned
 from brats2d.cv.summary import paired
 
-from common import crossval_args, crossval_plan, finish
+from common import crossval_args, crossval_plan, finish, paired_cells, show
 
 CLOSE_RADII = (1, 2, 3)
 HYSTERESIS = (0.2, 0.3)
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"Inference-time variants, paired per patient against the recipe ({res['settings']['cv']}, "
@@ -129,10 +128,8 @@ def report(res: dict[str, Any]) -> None:
     for name, v in res["variants"].items():
         p = v.get("paired")
         t.add_row(name, f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['worst']:.3f}", str(v["below_0.70"]),
-                  f"{p['mean']:+.4f} ± {p['se']:.4f}" if p else "—", f"{p['better']} / {p['worse']}" if p else "—")
-    con = Console(width=max(120, Console().width))
-    con.print(t)
-    con.print(f"total {res['total_s']:.0f} s")
+                  *paired_cells(p))
+    show(t, res['total_s'])
 
 
 if __name__ == "__main__":

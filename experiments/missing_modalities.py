@@ -25,7 +25,7 @@ from brats2d.cv.summary import paired
 from brats2d.predict import postprocess
 from brats2d.slicing import region_masks
 
-from common import crossval_args, crossval_plan, finish
+from common import crossval_args, crossval_plan, finish, paired_cells, show
 
 
 def subsets(modalities: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     s = res["settings"]
@@ -87,11 +86,9 @@ def report(res: dict[str, Any]) -> None:
         for region, v in regions.items():
             p = v.get("paired")
             t.add_row(name, region.upper(), f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['worst']:.3f}",
-                      f"{p['mean']:+.4f} ± {p['se']:.4f}" if p else "—", f"{p['better']} / {p['worse']}" if p else "—",
+                      *paired_cells(p),
                       end_section=region == list(regions)[-1])
-    con = Console(width=max(120, Console().width))
-    con.print(t)
-    con.print(f"total {res['total_s']:.0f} s")
+    show(t, res['total_s'])
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from brats2d.cv.summary import paired
 from brats2d.inference import load_predictor
 from brats2d.nifti import load_patient, patient_from_folder
 
-from common import crossval_args, crossval_plan, finish
+from common import crossval_args, crossval_plan, finish, paired_cells, show
 
 CHECKPOINTS = {"best": ("best",), "latest": ("latest",), "best+latest": ("best", "latest")}
 
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"Prediction settings on the same runs ({res['settings']['cv']}, {len(res['patients'])} held-out "
@@ -90,10 +89,8 @@ def report(res: dict[str, Any]) -> None:
     for name, v in sorted(res["variants"].items(), key=lambda kv: kv[1]["passes"]):
         p = v.get("paired")
         t.add_row(name, f"{v['passes']:.2f}x", f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['worst']:.3f}",
-                  f"{p['mean']:+.4f} ± {p['se']:.4f}" if p else "—", f"{p['better']} / {p['worse']}" if p else "—")
-    con = Console(width=max(120, Console().width))
-    con.print(t)
-    con.print(f"total {res['total_s']:.0f} s")
+                  *paired_cells(p))
+    show(t, res['total_s'])
 
 
 if __name__ == "__main__":
