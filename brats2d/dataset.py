@@ -8,6 +8,8 @@ torchrun each process takes a strided shard of that same plan (`EpochPlan.shard`
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import mmap
 import os
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from . import cache
-from .config import PreprocessConfig, from_dict, with_defaults
+from .config import PreprocessConfig
 from .augment import (apply_batch, apply_blanks, apply_intensity, apply_spatial, draw_blanks, draw_codes, draw_intensity,
                       draw_spatial)
 
@@ -105,8 +107,6 @@ class SliceCache:
         if split not in cache.SPLITS:
             raise cache.CacheError(f"{path}: no split {split!r} (choose from {', '.join(cache.SPLITS)})")
         self.n = self.meta.counts[split]
-        cfg = from_dict(PreprocessConfig, with_defaults(PreprocessConfig, self.meta.config))
-        self.channel_modality = cfg.channel_modality  # (C,) modality index of each image channel
         self._arrays: tuple[Any, Any] | None = None
         self._pid = -1
         self._maps: list[mmap.mmap] = []
@@ -114,6 +114,13 @@ class SliceCache:
 
     def __len__(self) -> int:
         return self.n
+
+    @functools.cached_property
+    def channel_modality(self) -> tuple[int, ...]:
+        """(C,) the index of the modality each image channel holds (PreprocessConfig.channel_modality of the
+        cache's settings; settings it does not know, e.g. a benchmark's notes, are not its business)."""
+        names = {f.name for f in dataclasses.fields(PreprocessConfig)}
+        return PreprocessConfig(**{k: v for k, v in self.meta.config.items() if k in names}).channel_modality
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None, "_pid": -1, "_maps": [], "_since_release": 0}
