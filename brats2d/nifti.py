@@ -163,9 +163,7 @@ def load_patient(patient: Patient, modalities: tuple[str, ...], need_seg: bool =
             path = patient.folder / (patient.case + suffix + ".nii.gz")
             if m == "seg":
                 raise InputError(f"{path}: missing seg file")
-            raise InputError(f"{path}: missing {m} file (this model reads {', '.join(modalities)}); patient skipped"
-                             + (f" (a model trained with --modality-dropout needs only {modalities[0]})" if optional == ()
-                                and len(modalities) > 1 and m != modalities[0] else ""))
+            raise InputError(f"{path}: missing {m} file (this model reads {', '.join(modalities)}); patient skipped")
     read: dict[str, np.ndarray] = {}
     ref_path = patient.files[modalities[0]]
     ref_affine: np.ndarray | None = None

@@ -54,7 +54,9 @@ class ScanStats:
         nan = float("nan")
         for c in range(normalized.shape[0]):
             if c in blank:
-                spread.append(nan), p01.append(nan), p99.append(nan)
+                spread.append(nan)
+                p01.append(nan)
+                p99.append(nan)
                 continue
             lo, hi = np.percentile(raw[c][tissue], (1, 99)) if tissue.any() else (0.0, 0.0)
             spread.append(round(float(hi - lo), 6))
