@@ -22,6 +22,7 @@ import numpy as np
 from brats2d import metrics as M
 from brats2d.cv.folds import held_out_patients
 from brats2d.cv.summary import paired
+from brats2d.evaluate import describe
 from brats2d.predict import postprocess
 from brats2d.slicing import region_masks
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for region in (rows[0]["dice"][name] if rows else {}):
             d = np.array([r["dice"][name][region] for r in rows])
             base = np.array([r["dice"][complete][region] for r in rows])
-            summary[name][region] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
-                                     "median": float(np.median(d)), "worst": float(d.min()),
+            summary[name][region] = {**describe(list(d)),
                                      **({"paired": paired(d - base)} if name != complete and len(d) > 1 else {})}
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "modalities": list(mods), "predict": own,
                         "modality_dropout": plan["train"].get("modality_dropout", 0.0)},
@@ -85,7 +85,7 @@ def report(res: dict[str, Any]) -> None:
     for name, regions in res["summary"].items():
         for region, v in regions.items():
             p = v.get("paired")
-            t.add_row(name, region.upper(), f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['worst']:.3f}",
+            t.add_row(name, region.upper(), f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['min']:.3f}",
                       *paired_cells(p),
                       end_section=region == list(regions)[-1])
     show(t, res['total_s'])

@@ -27,6 +27,7 @@ from brats2d.cache import read_meta
 from brats2d.cv.folds import mask_as_planned
 from brats2d.cv.plan import finished_fold
 from brats2d.cv.summary import paired
+from brats2d.evaluate import describe
 from brats2d.inference import load_predictor
 from brats2d.nifti import load_patient, patient_from_folder
 
@@ -71,9 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = {}
     for name, (cks, planes) in grid.items():
         d = np.array([r["dice"][name] for r in rows])
-        variants[name] = {"passes": len(cks) * len(planes) / n_own, "mean": float(d.mean()),
-                          "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0, "median": float(np.median(d)),
-                          "worst": float(d.min()), **({"paired": paired(d - base)} if name != mine and len(d) > 1 else {})}
+        variants[name] = {"passes": len(cks) * len(planes) / n_own, **describe(list(d)),
+                          **({"paired": paired(d - base)} if name != mine and len(d) > 1 else {})}
     res = {"settings": {"cv": str(a.cv), "raw": str(raw), "predict": own, "own": mine}, "patients": rows,
            "variants": variants}
     return finish(res, t_start, report, a.json)
@@ -88,7 +88,7 @@ def report(res: dict[str, Any]) -> None:
         t.add_column(c, justify="left" if c.startswith("checkpoints") else "right")
     for name, v in sorted(res["variants"].items(), key=lambda kv: kv[1]["passes"]):
         p = v.get("paired")
-        t.add_row(name, f"{v['passes']:.2f}x", f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['worst']:.3f}",
+        t.add_row(name, f"{v['passes']:.2f}x", f"{v['mean']:.4f} ± {v['sd']:.3f}", f"{v['median']:.3f}", f"{v['min']:.3f}",
                   *paired_cells(p))
     show(t, res['total_s'])
 
