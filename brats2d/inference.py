@@ -53,21 +53,24 @@ class Predictor:
         return ["wt", "tc", "et"] if self.prep_cfg.region == "all" else [self.prep_cfg.region]
 
     @torch.inference_mode()
-    def slices(self, x: np.ndarray, batch_size: int = 64, tta: bool = False, mc_dropout: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    def slices(self, x: np.ndarray, batch_size: int = 64, tta: bool = False, mc_dropout: int = 0,
+               codes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (N, K, S, S) float32 for normalized slices x (N, C, S, S) float.
 
         With `tta` (8 symmetric views) or `mc_dropout` = T > 0 (T stochastic passes with dropout on),
-        also returns the per-pixel variance of the samples (N, K, S, S) as an uncertainty map.
+        also returns the per-pixel variance of the samples (N, K, S, S) as an uncertainty map. `codes`
+        (transform codes of brats2d.augment, e.g. (8,) for a flip alone) replaces TTA's eight views: an
+        ablation of which views TTA needs (experiments/prediction_cost.py).
         """
         self._eval()
         if mc_dropout:
             for m in (m for net in self.models for m in net.modules()):
                 if isinstance(m, torch.nn.Dropout2d):
                     m.train()  # dropout stays stochastic; BatchNorm keeps its running statistics
-        codes = TTA_CODES if tta else (0,)
+        codes = codes if codes is not None else TTA_CODES if tta else (0,)
         reps = max(mc_dropout, 1)
         mean = np.zeros((len(x), self.model.out_channels) + x.shape[2:], np.float32)
-        sq = np.zeros_like(mean) if (tta or mc_dropout) else None
+        sq = np.zeros_like(mean) if (len(codes) > 1 or mc_dropout) else None
         for i in range(0, len(x), batch_size):
             xb = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
             for code in codes:
