@@ -125,7 +125,8 @@ def run_variant(v: Variant, raw: Path, work: Path, split: dict[str, list[str]], 
     hooks = [m.register_forward_hook(count) for m in pred.models]
     folders = {p.case: p.folder for p in discover(raw)}
     scored = [predict_case(pred, folders[c], None, threshold=pred.train_cfg.threshold, tta=rec.tta,
-                           min_size=rec.min_size, keep_largest=rec.keep_largest) for c in meta.splits["test"]]
+                           min_size=rec.min_size, keep_largest=rec.keep_largest,
+                           largest_regions=rec.largest_regions) for c in meta.splits["test"]]
     for h in hooks:
         h.remove()
     if not scored:

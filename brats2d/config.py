@@ -15,6 +15,7 @@ from .views import VIEWS
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 REGIONS = ("wt", "tc", "et", "all")
+BRATS_REGIONS = ("wt", "tc", "et")  # whole tumour, tumour core, enhancing tumour: the channels of region "all"
 NORMS = ("minmax", "percentile", "zscore")
 LOSSES = ("bce", "dice", "bce+dice", "focal", "dice+focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -207,6 +208,9 @@ class PredictConfig:
     min_size: int = _setting(0, "drop 3D components smaller than this, voxels (0: keep all)")
     tta: bool = _setting(False, "test-time augmentation: average 8 flips/rotations")
     keep_largest: bool = _setting(False, "keep only the largest 3D component of each region")
+    largest_regions: tuple[str, ...] = _setting(BRATS_REGIONS, "regions --keep-largest applies to, a comma list "
+                                                "(an enhancing tumour may have several real foci)", EXPERIMENT,
+                                                BRATS_REGIONS)
     checkpoint: str = _setting("best", "model(s) of the run: best validation epoch, last epoch, or the mean of both",
                                choices=CHECKPOINTS)
 
@@ -215,6 +219,9 @@ class PredictConfig:
                f"min_size: must be an integer >= 0, got {self.min_size!r}")
         _check(isinstance(self.tta, bool), f"tta: must be true or false, got {self.tta!r}")
         _check(isinstance(self.keep_largest, bool), f"keep_largest: must be true or false, got {self.keep_largest!r}")
+        object.__setattr__(self, "largest_regions", tuple(self.largest_regions))
+        for r in self.largest_regions:
+            _check(r in BRATS_REGIONS, f"largest_regions: unknown region {r!r} (choose from {', '.join(BRATS_REGIONS)})")
         _check(self.checkpoint in CHECKPOINTS,
                f"checkpoint: {self.checkpoint!r} (choose from {', '.join(CHECKPOINTS)})")
 

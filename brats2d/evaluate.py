@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .config import BRATS_REGIONS
 from .dataset import SliceCache
 from .files import write_json
 from .inference import Predictor, load_predictor
@@ -68,15 +69,16 @@ def evaluate_cache(pred: Predictor, cache_path: str, split: str, threshold: floa
 
 
 def evaluate_volumes(pred: Predictor, raw: str | Path, cases: list[str], threshold: float,
-                     tta: bool = False, min_size: int = 0, keep_largest: bool = False) -> dict[str, Any]:
+                     tta: bool = False, min_size: int = 0, keep_largest: bool = False,
+                     largest_regions: tuple[str, ...] = BRATS_REGIONS) -> dict[str, Any]:
     """Per-patient 3D metrics predicting every axial slice of each raw patient volume."""
-    setting = {"tta": tta, "min_size": min_size, "keep_largest": keep_largest}
+    setting = {"tta": tta, "min_size": min_size, "keep_largest": keep_largest, "largest_regions": largest_regions}
     return evaluate_variants(pred, raw, cases, threshold, {"only": setting})["only"]
 
 
 def evaluate_variants(pred: Predictor, raw: str | Path, cases: list[str], threshold: float,
                       variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """evaluate_volumes for several predict settings {name: {tta, min_size, keep_largest}} at once:
+    """evaluate_volumes for several predict settings {name: {tta, min_size, keep_largest[, largest_regions]}} at once:
     {name: {region: {per_patient, per_patient_dice, per_patient_hd95}}}."""
     from .predict import score_variants
 
@@ -111,10 +113,10 @@ def check_cache_matches(pred: Predictor, data: SliceCache) -> None:
 def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", threshold: float = 0.5,
              cache_path: str | None = None, raw: str | Path | None = None, device: str = "auto",
              tta: bool = False, json_path: str | Path | None = None, min_size: int = 0,
-             keep_largest: bool = False) -> dict[str, Any]:
+             keep_largest: bool = False, largest_regions: tuple[str, ...] = BRATS_REGIONS) -> dict[str, Any]:
     """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it.
 
-    `min_size` (voxels) and `keep_largest` apply to the whole-volume scores only (3D components need
+    `min_size` (voxels) and `keep_largest` (in `largest_regions`) apply to the whole-volume scores only (3D components need
     the whole scan).
     """
     pred = load_predictor(run_dir, which, device)
@@ -123,11 +125,13 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", thre
     check_cache_matches(pred, data)
     result: dict[str, Any] = {
         "run_dir": str(run_dir), "split": split, "checkpoint": which, "threshold": threshold, "tta": tta,
-        "min_size": min_size, "keep_largest": keep_largest, "cache": str(cache_path),
+        "min_size": min_size, "keep_largest": keep_largest, "largest_regions": list(largest_regions),
+        "cache": str(cache_path),
         "regions": evaluate_cache(pred, cache_path, split, threshold, tta=tta)}
     if raw is not None:
         result["volume"] = evaluate_volumes(pred, raw, data.meta.splits[split], threshold, tta=tta,
-                                            min_size=min_size, keep_largest=keep_largest)
+                                            min_size=min_size, keep_largest=keep_largest,
+                                            largest_regions=largest_regions)
     for p in [Path(run_dir) / f"metrics_{split}.json"] + ([Path(json_path)] if json_path else []):
         write_json(p, result)
     return result

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import metrics as M
+from .config import BRATS_REGIONS
 from .files import atomic_write
 from .inference import Predictor
 from .nifti import InputError, Patient, discover, load_patient, patient_from_folder
@@ -31,6 +32,21 @@ def postprocess(mask: np.ndarray, min_size: int = 0, keep_largest: bool = False)
     if keep_largest:
         keep &= np.arange(n + 1) == int(np.argmax(sizes))
     return keep[lab]
+
+
+def postprocess_regions(prob: np.ndarray, regions: Sequence[str], threshold: float, min_size: int = 0,
+                        keep_largest: bool = False, largest_regions: Sequence[str] = BRATS_REGIONS) -> np.ndarray:
+    """Probabilities (K, X, Y, Z) float32 of `regions` -> masks (K, X, Y, Z) bool: `threshold`, then
+    `postprocess` of each region, with `keep_largest` only in `largest_regions`."""
+    return np.stack([postprocess(p > threshold, min_size, keep_largest and r in largest_regions)
+                     for p, r in zip(prob, regions)])
+
+
+def post_settings(own: Mapping[str, Any]) -> dict[str, Any]:
+    """The post-processing keywords of `postprocess_regions` from a dict of predict settings (a crossval
+    plan's, a grid cell); one written before largest_regions existed applies keep_largest everywhere."""
+    return {"min_size": int(own["min_size"]), "keep_largest": bool(own["keep_largest"]),
+            "largest_regions": tuple(own.get("largest_regions", BRATS_REGIONS))}
 
 
 def label_map(masks: np.ndarray, et_label: int) -> np.ndarray:
@@ -57,7 +73,8 @@ def _save_nifti(arr: np.ndarray, ref_path: Path, path: Path) -> None:
 
 def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *, threshold: float = 0.5,
                  probabilities: bool = False, tta: bool = False, mc_dropout: int = 0,
-                 min_size: int = 0, keep_largest: bool = False) -> dict[str, Any]:
+                 min_size: int = 0, keep_largest: bool = False,
+                 largest_regions: Sequence[str] = BRATS_REGIONS) -> dict[str, Any]:
     """Predict one patient folder; write OUT/<case>_pred.nii.gz (and extras) when `out` is given.
 
     Returns {patient, seconds, ood, regions: {region: {dice, hd95, tumour_voxels, pred_voxels}}}; the
@@ -69,7 +86,7 @@ def predict_case(pred: Predictor, folder: str | Path, out: str | Path | None, *,
     mods, blank = pred.prep_cfg.modalities, blank_channels(pred, patient)
     prep = prepare(image, pred.prep_cfg, spacing, [str(patient.files.get(m, m)) for m in mods], blank)
     prob, var = pred.volume_prepared(prep, tta=tta, mc_dropout=mc_dropout)  # (K, X, Y, Z)
-    masks = np.stack([postprocess(p > threshold, min_size, keep_largest) for p in prob])
+    masks = postprocess_regions(prob, pred.regions, threshold, min_size, keep_largest, largest_regions)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +120,7 @@ def explain_case(pred: Predictor, folder: str | Path, out: str | Path, threshold
 def score_variants(pred: Predictor, folder: str | Path, threshold: float,
                    variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """One patient (with a seg) scored under several predict settings {name: {tta, min_size, keep_largest
-    [, threshold]}}; a variant without its own threshold uses `threshold`.
+    [, largest_regions, threshold]}}; a variant without its own threshold uses `threshold`.
 
     The volume is read and predicted once per `tta` value, so a post-processing ablation costs one
     or two forward passes per patient. Returns {name: predict_case's row without files}.
@@ -116,7 +133,7 @@ def score_variants(pred: Predictor, folder: str | Path, threshold: float,
     out = {}
     for name, v in variants.items():
         th = float(v.get("threshold", threshold))
-        masks = np.stack([postprocess(p > th, int(v["min_size"]), bool(v["keep_largest"])) for p in probs[bool(v["tta"])]])
+        masks = postprocess_regions(probs[bool(v["tta"])], pred.regions, th, **post_settings(v))
         out[name] = {"patient": patient.case, "regions": score_masks(pred, patient, masks, seg, spacing)}
     return out
 

@@ -182,7 +182,7 @@ def evaluate(run_dir: str, split: str, threshold: float | None, cache: str | Non
     ps = _predict_settings([run_dir], recipe, kw, sets)
     th = threshold if threshold is not None else load_predictor(run_dir, ps.checkpoint, "cpu").train_cfg.threshold
     result = run(run_dir, split, ps.checkpoint, th, cache, raw, device, ps.tta, json_path,
-                 min_size=ps.min_size, keep_largest=ps.keep_largest)
+                 min_size=ps.min_size, keep_largest=ps.keep_largest, largest_regions=ps.largest_regions)
     eval_tables(result)
     click.echo(f"wrote {Path(run_dir) / f'metrics_{split}.json'}")
 
@@ -218,7 +218,8 @@ def predict(inputs: tuple[str, ...], run_dir: tuple[str, ...], out: str, thresho
         raise click.BadParameter("the model was trained without dropout (train with --dropout > 0)", param_hint="--mc-dropout")
     th = pred.train_cfg.threshold if threshold is None else threshold
     rows, errors = run(pred, list(inputs), out, threshold=th, probabilities=probabilities, mc_dropout=mc_dropout,
-                       min_size=ps.min_size, tta=ps.tta, keep_largest=ps.keep_largest, explain=explain)
+                       min_size=ps.min_size, tta=ps.tta, keep_largest=ps.keep_largest,
+                       largest_regions=ps.largest_regions, explain=explain)
     predict_table(rows, errors, out)
     if errors and not rows:
         sys.exit(2)

@@ -23,7 +23,7 @@ from brats2d import metrics as M
 from brats2d.cv.folds import held_out_patients
 from brats2d.cv.summary import paired
 from brats2d.evaluate import describe
-from brats2d.predict import postprocess
+from brats2d.predict import post_settings, postprocess_regions
 from brats2d.slicing import region_masks
 
 from common import crossval_args, crossval_plan, finish, paired_cells, show
@@ -54,10 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dice: dict[str, dict[str, float]] = {}
         for name, blank in sets.items():
             prob = pred.volume(image, tta=bool(own["tta"]), blank=blank)[0]
-            dice[name] = {}
-            for k, region in enumerate(pred.regions):
-                mask = postprocess(prob[k] > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
-                dice[name][region] = float(M.dice(M.confusion(mask, region_masks(seg, region, patient.et_label)[0])))
+            masks = postprocess_regions(prob, pred.regions, pred.train_cfg.threshold, **post_settings(own))
+            dice[name] = {region: float(M.dice(M.confusion(masks[k], region_masks(seg, region, patient.et_label)[0])))
+                          for k, region in enumerate(pred.regions)}
         rows.append({"patient": patient.case, "fold": i, "dice": dice})
     complete = next(iter(sets))
     summary: dict[str, dict[str, Any]] = {}

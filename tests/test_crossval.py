@@ -61,8 +61,10 @@ def test_recipe_settings_and_explicit_overrides() -> None:
     p, t, pred = settings("brats2d", {"train": {"epochs": 3}, "predict": {"tta": True}})
     assert (p.norm, p.empty_slices, p.views, t.loss, t.schedule, t.epochs) == (
         "zscore", 0.3, ("axial", "coronal", "sagittal"), "bce+dice", "cosine", 3)
-    assert to_dict(pred) == {"min_size": 0, "tta": True, "keep_largest": True, "checkpoint": "best+latest"}
-    assert to_dict(settings("seed")[2]) == {"min_size": 0, "tta": False, "keep_largest": False, "checkpoint": "best"}
+    assert to_dict(pred) == {"min_size": 0, "tta": True, "keep_largest": True, "largest_regions": ["wt", "tc", "et"],
+                             "checkpoint": "best+latest"}
+    assert to_dict(settings("seed")[2]) == {"min_size": 0, "tta": False, "keep_largest": False,
+                                            "largest_regions": ["wt", "tc", "et"], "checkpoint": "best"}
     with pytest.raises(ConfigError, match="checkpoint: 'last'"):
         settings("seed", {"predict": {"checkpoint": "last"}})
 
@@ -494,3 +496,26 @@ def test_prediction_cost_reproduces_the_folds_scores(cv: tuple[Path, dict], raw_
     assert (v["best, axial"]["passes"], v["best+latest, axial"]["passes"]) == (1.0, 2.0)
     assert "paired" not in v["best, axial"] and v["latest, axial"]["paired"]["se"] >= 0
     assert json.loads((tmp_path / "pc.json").read_text())["variants"] == res["variants"]
+
+
+def test_prediction_cost_tta_subsets_average_the_views_predict_averages(cv: tuple[Path, dict], raw_dir: Path) -> None:
+    """--tta: each subset of TTA's views is the mean of one prediction per view; the full set scores what
+    `Predictor.volume(tta=True)` (one call, all eight views) scores, and no TTA what the folds scored."""
+    from brats2d import metrics as M
+    from brats2d.cv.folds import mask_as_planned
+    from brats2d.nifti import load_patient, patient_from_folder
+
+    out, summary = cv
+    res = experiment_script("prediction_cost").main([str(out), "--raw", str(raw_dir), "--tta"])
+    v = res["variants"]
+    assert res["settings"]["own"] == "best, axial, no tta" and "paired" not in v["best, axial, no tta"]
+    assert {n: v[n]["passes"] for n in ("best, axial, flip 1st axis", "best, axial, tta 4", "best, axial, tta 8")} == {
+        "best, axial, flip 1st axis": 2.0, "best, axial, tta 4": 4.0, "best, axial, tta 8": 8.0}
+    want = {p["patient"]: p["dice"] for p in summary["regions"]["wt"]["per_patient"]}
+    assert {r["patient"]: r["dice"]["best, axial, no tta"] for r in res["patients"]} == pytest.approx(want, abs=1e-9)
+    row = res["patients"][0]
+    pred = load_predictor(out / f"fold{row['fold']}" / "run", "best", "cpu")
+    image, seg, _, _ = load_patient(patient_from_folder(raw_dir / row["patient"]), pred.prep_cfg.modalities)
+    prob = pred.volume(image, tta=True)[0]
+    dice = float(M.dice(M.confusion(mask_as_planned(prob[0], pred, res["settings"]["predict"]), seg > 0)))
+    assert row["dice"]["best, axial, tta 8"] == pytest.approx(dice, abs=1e-3)  # summation order only

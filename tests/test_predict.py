@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from brats2d import metrics as M
-from brats2d.config import PreprocessConfig, TrainConfig
+from brats2d.config import ConfigError, PredictConfig, PreprocessConfig, TrainConfig
 from brats2d.evaluate import evaluate
 from brats2d.inference import Predictor, load_predictor
 from brats2d.nifti import InputError, discover, load_patient
-from brats2d.predict import postprocess, predict, predict_case, score_variants
+from brats2d.predict import post_settings, postprocess, postprocess_regions, predict, predict_case, score_variants
 from brats2d.report import report
 from brats2d.train import train
 
@@ -72,6 +72,23 @@ def test_postprocess_drops_small_or_all_but_the_largest_component() -> None:
     assert postprocess(m, keep_largest=True).sum() == 125 and postprocess(m, keep_largest=True)[1:6, 1:6, 1:6].all()
     assert not postprocess(m, min_size=126, keep_largest=True).any()
     assert not postprocess(np.zeros_like(m), keep_largest=True).any()
+
+
+def test_postprocess_regions_keeps_the_largest_component_only_in_the_regions_named() -> None:
+    prob = np.zeros((3, 20, 20, 10), np.float32)
+    prob[:, 1:6, 1:6, 1:6] = 0.9  # every region: a large component and a small one
+    prob[:, 12:14, 12:14, 2:4] = 0.6
+    both, large = 125 + 8, 125
+    masks = postprocess_regions(prob, ["wt", "tc", "et"], 0.5, keep_largest=True, largest_regions=("wt", "tc"))
+    assert masks.dtype == bool and masks.shape == prob.shape
+    assert [int(m.sum()) for m in masks] == [large, large, both]  # ET keeps its second focus
+    assert [int(m.sum()) for m in postprocess_regions(prob, ["wt", "tc", "et"], 0.5, keep_largest=True)] == [large] * 3
+    assert [int(m.sum()) for m in postprocess_regions(prob, ["wt", "tc", "et"], 0.5, min_size=10)] == [large] * 3
+    assert int(postprocess_regions(prob[2:], ["et"], 0.5, keep_largest=True, largest_regions=("wt",)).sum()) == both
+    # a plan written before largest_regions existed: the largest component everywhere, as then
+    assert post_settings({"min_size": 0, "keep_largest": True, "tta": False})["largest_regions"] == ("wt", "tc", "et")
+    with pytest.raises(ConfigError, match="largest_regions: unknown region 'all'"):
+        PredictConfig(largest_regions=("wt", "all"))
 
 
 def test_score_variants_match_predict_case_and_post_processing_helps(tmp_path: Path) -> None:

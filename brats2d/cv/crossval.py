@@ -163,7 +163,8 @@ def _score_fold(raw: str | Path, d: Path, plan: dict[str, Any], device: str, pos
     scored: dict[str, Any] = {}
     for which, predictor in predictors.items():
         scored.update(evaluate_variants(predictor, raw, held, threshold, {
-            name: {key: v[key] for key in ("tta", "min_size", "keep_largest", "threshold") if key in v}
+            name: {key: v[key] for key in ("tta", "min_size", "keep_largest", "largest_regions", "threshold")
+                   if key in v}
             for name, v in variants.items() if v["checkpoint"] == which}))
     slices = evaluate_cache(predictors[own["checkpoint"]], str(cache_path), "test", threshold, tta=bool(own["tta"]))
     out: dict[str, Any] = {

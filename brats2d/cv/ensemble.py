@@ -37,7 +37,7 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
     """
     from ..evaluate import describe
     from ..inference import load_predictor
-    from ..predict import load_case, postprocess, score_masks
+    from ..predict import load_case, post_settings, postprocess_regions, score_masks
 
     dirs = [Path(o) for o in outs]
     if len(dirs) < 2:
@@ -71,7 +71,7 @@ def ensemble(raw: str | Path, outs: list[str | Path], *, device: str = "auto",
                 patient, image, seg, spacing = load_case(m, Path(raw) / case)
                 probs.append(m.volume(image, tta=bool(p["predict"]["tta"]))[0])  # (K, X, Y, Z)
             mean = np.mean(probs, axis=0)
-            masks = np.stack([postprocess(k > threshold, int(own["min_size"]), bool(own["keep_largest"])) for k in mean])
+            masks = postprocess_regions(mean, members[0].regions, threshold, **post_settings(own))
             for region, s in score_masks(members[0], patient, masks, seg, spacing).items():
                 rows.setdefault(region, []).append({"patient": case, "fold": i, "dice": s["dice"], "hd95": s["hd95"],
                                                     "first_dice": first[region][case]["dice"]})

@@ -56,6 +56,6 @@ def predict_as_planned(pred: Any, image: np.ndarray, own: dict[str, Any]) -> tup
 
 def mask_as_planned(prob: np.ndarray, pred: Any, own: dict[str, Any]) -> np.ndarray:
     """prob (X, Y, Z) float32 -> bool mask: the run's threshold, then the plan's post-processing."""
-    from ..predict import postprocess
+    from ..predict import post_settings, postprocess_regions
 
-    return postprocess(prob > pred.train_cfg.threshold, int(own["min_size"]), bool(own["keep_largest"]))
+    return postprocess_regions(prob[None], pred.regions[:1], pred.train_cfg.threshold, **post_settings(own))[0]
