@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Accuracy ceiling of the slice size: the 3D Dice a *perfect* model would score at each input size.
 
-    python experiments/resolution_ceiling.py --json runs/resolution_ceiling.json [--quick] [--real DIR]
+    python experiments/resolution_ceiling.py --json runs/resolution_ceiling.json [--quick] [--real DIR] [--region et]
 
 A 2D model at S x S never sees the native 240 x 240 grid: it is trained on the mask resized the way
 `preprocess` resizes it (antialiased bilinear, cut at 0.5) and its output is resized back the way
 `predict` does (bilinear, cut at 0.5). A model that reproduced its training target exactly would still
 lose what that round trip loses, so this is the best per-patient whole-tumour 3D Dice any model of the
-pipeline can reach at size S; a model far below it is limited by something other than resolution.
+pipeline can reach at size S (for --region: wt, the default, tc or et); a model far below it is limited by something other than resolution.
 Rows: full-frame slices at each --sizes, and the same round trip on a square crop around the brain
 (the bounding box of non-zero FLAIR over the volume, centred, as nnU-Net crops to non-zero), which
 `--crop brain` does (brats2d/crop.py): it tells what cropping can buy at most. Not a speed benchmark: no timings.
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--patients", type=int, help="synthetic patients (default 8; --quick 2)")
     ap.add_argument("--real", type=Path, help=f"a real BraTS folder (default {REAL_DEFAULT} if it exists)")
     ap.add_argument("--no-real", action="store_true", help="synthetic data only")
+    ap.add_argument("--region", default="wt", choices=("wt", "tc", "et"), help="the BraTS region scored (default wt)")
     ap.add_argument("--workdir", type=Path, help="where temp data goes (default: a temp folder, removed afterwards)")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for patient in discover(raw):
             image, seg, _, _ = load_patient(patient, ("flair",))
-            truth = region_masks(seg, "wt", patient.et_label)[0]
+            truth = region_masks(seg, a.region, patient.et_label)[0]
             if not truth.any():
                 continue
             box = brain_box(find_head(image).mask)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"name": n, "patients": len(d), "dice_mean": float(d.mean()), "dice_median": float(np.median(d)),
                      "dice_min": float(d.min()), "per_patient": ps})
     res = {"settings": {"data": str(raw) if real else "synthetic", "sizes": sizes, "crop_size": a.crop_size,
-                        "quick": a.quick}, "rows": rows}
+                        "region": a.region, "quick": a.quick}, "rows": rows}
     return finish(res, t_start, report, a.json)
 
 
@@ -99,7 +100,8 @@ def report(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Whole-tumour 3D Dice of a perfect model after the size round trip ({res['settings']['data']})")
+    region = {"wt": "Whole-tumour", "tc": "Tumour-core", "et": "Enhancing-tumour"}[res["settings"].get("region", "wt")]
+    t = Table(title=f"{region} 3D Dice of a perfect model after the size round trip ({res['settings']['data']})")
     for c in ("slices", "patients", "mean", "median", "worst"):
         t.add_column(c, justify="left" if c == "slices" else "right", no_wrap=True)
     for r in res["rows"]:
