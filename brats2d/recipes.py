@@ -23,10 +23,8 @@ _BRATS2D: dict[str, dict[str, Any]] = {
 }
 _FAST = {**_BRATS2D, "train": {**_BRATS2D["train"], "base_channels": 16},
          "predict": {**_BRATS2D["predict"], "checkpoint": "best"}}
-# brats2d-mm: brats2d-fast reading FLAIR, T1ce and T2 and segmenting the three BraTS regions (WT, TC, ET),
-# keeping the largest component of WT and TC only.
-_MM = {**_FAST, "preprocess": {**_FAST["preprocess"], "modalities": ("flair", "t1ce", "t2"), "region": "all"},
-       "predict": {**_FAST["predict"], "largest_regions": ("wt", "tc")}}
+# brats2d-mm: brats2d-fast reading FLAIR, T1ce and T2 and segmenting the three BraTS regions (WT, TC, ET).
+_MM = {**_FAST, "preprocess": {**_FAST["preprocess"], "modalities": ("flair", "t1ce", "t2"), "region": "all"}}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": _BRATS2D,

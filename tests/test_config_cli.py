@@ -86,7 +86,7 @@ def test_merge_order_defaults_then_recipe_then_explicit() -> None:
     mm = merge("preprocess", "brats2d-mm")
     assert (mm.modalities, mm.region, mm.in_channels, mm.out_channels) == (("flair", "t1ce", "t2"), "all", 3, 3)
     assert merge("train", "brats2d-mm") == merge("train", "brats2d-fast")
-    assert merge("predict", "brats2d-mm") == dataclasses.replace(merge("predict", "brats2d-fast"), largest_regions=("wt", "tc"))
+    assert merge("predict", "brats2d-mm") == merge("predict", "brats2d-fast")
     record = PredictConfig(tta=True, checkpoint="latest")  # e.g. what a run recorded
     assert merge("predict", None, {"checkpoint": "best"}, base=record) == PredictConfig(tta=True, checkpoint="best")
     with pytest.raises(ConfigError, match="unknown TrainConfig setting"):
