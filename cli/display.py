@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from functools import lru_cache
 from typing import Any, Callable, Iterator
 
@@ -14,7 +15,9 @@ from rich.table import Table
 
 @lru_cache(maxsize=1)
 def console() -> Console:
-    return Console()
+    c = Console()
+    # Piped into a log, rich falls back to 80 columns and wraps every table cell in two; a log is read wide.
+    return c if c.is_terminal or "COLUMNS" in os.environ else Console(width=120)
 
 
 @contextlib.contextmanager
