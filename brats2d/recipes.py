@@ -23,8 +23,10 @@ _BRATS2D: dict[str, dict[str, Any]] = {
 }
 _FAST = {**_BRATS2D, "train": {**_BRATS2D["train"], "base_channels": 16},
          "predict": {**_BRATS2D["predict"], "checkpoint": "best"}}
-# brats2d-mm: brats2d-fast reading FLAIR, T1ce and T2 and segmenting the three BraTS regions (WT, TC, ET).
-_MM = {**_FAST, "preprocess": {**_FAST["preprocess"], "modalities": ("flair", "t1ce", "t2"), "region": "all"}}
+# brats2d-mm: brats2d-fast reading FLAIR, T1ce and T2 and segmenting the three BraTS regions (WT, TC, ET) on
+# 128 x 128 slices (the thin enhancing rim needs the finer grid: docs/experiments.md, Step 33).
+_MM = {**_FAST, "preprocess": {**_FAST["preprocess"], "modalities": ("flair", "t1ce", "t2"), "region": "all",
+                               "size": 128}}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {"preprocess": {}, "train": {}, "predict": {}},
     "brats2d": _BRATS2D,

@@ -84,7 +84,7 @@ def test_merge_order_defaults_then_recipe_then_explicit() -> None:
         assert {k for k in fast if fast[k] != full[k]} == {"train": {"base_channels"}, "predict": {"checkpoint"}}.get(stage, set())
     assert merge("train", "brats2d-fast").base_channels == 16
     mm = merge("preprocess", "brats2d-mm")
-    assert (mm.modalities, mm.region, mm.in_channels, mm.out_channels) == (("flair", "t1ce", "t2"), "all", 3, 3)
+    assert (mm.modalities, mm.region, mm.in_channels, mm.out_channels, mm.size) == (("flair", "t1ce", "t2"), "all", 3, 3, 128)
     assert merge("train", "brats2d-mm") == merge("train", "brats2d-fast")
     assert merge("predict", "brats2d-mm") == merge("predict", "brats2d-fast")
     record = PredictConfig(tta=True, checkpoint="latest")  # e.g. what a run recorded
