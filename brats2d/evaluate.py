@@ -116,8 +116,8 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best", thre
              keep_largest: bool = False, largest_regions: tuple[str, ...] = BRATS_REGIONS) -> dict[str, Any]:
     """Evaluate a run; writes run_dir/metrics_<split>.json (and `json_path` if given) and returns it.
 
-    `min_size` (voxels) and `keep_largest` (in `largest_regions`) apply to the whole-volume scores only (3D components need
-    the whole scan).
+    `min_size` (voxels) and `keep_largest` (in `largest_regions`) apply to the whole-volume scores only (3D
+    components need the whole scan).
     """
     pred = load_predictor(run_dir, which, device)
     cache_path = cache_path or pred.cache_path

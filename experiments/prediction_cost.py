@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         d = np.array([r["dice"][name] for r in rows])
         variants[name] = {"passes": len(cks) * len(planes) * len(cs) / n_own, **describe(list(d)),
                           **({"paired": paired(d - base)} if name != mine and len(d) > 1 else {})}
-    res = {"settings": {"cv": str(a.cv), "raw": str(raw), "predict": own, "own": mine, "tta": a.tta}, "patients": rows,
-           "variants": variants}
+    res = {"settings": {"cv": str(a.cv), "raw": str(raw), "predict": own, "own": mine, "tta": a.tta},
+           "patients": rows, "variants": variants}
     return finish(res, t_start, report, a.json)
 
 
@@ -97,7 +97,8 @@ def report(res: dict[str, Any]) -> None:
 
     t = Table(title=f"Prediction settings on the same runs ({res['settings']['cv']}, {len(res['patients'])} held-out "
                     f"patients; paired against {res['settings']['own']})")
-    for c in ("checkpoints, planes" + (", TTA" if res["settings"].get("tta") else ""), "forward passes", "3D Dice mean ± sd", "median", "worst", "paired", "better / worse"):
+    first = "checkpoints, planes" + (", TTA" if res["settings"].get("tta") else "")
+    for c in (first, "forward passes", "3D Dice mean ± sd", "median", "worst", "paired", "better / worse"):
         t.add_column(c, justify="left" if c.startswith("checkpoints") else "right")
     for name, v in sorted(res["variants"].items(), key=lambda kv: kv[1]["passes"]):
         p = v.get("paired")
