@@ -81,11 +81,12 @@ def test_merge_order_defaults_then_recipe_then_explicit() -> None:
     # brats2d-fast is brats2d with a U-Net of half the width (a quarter of the FLOPs) predicting with one checkpoint
     for stage in ("preprocess", "train", "predict"):
         fast, full = to_dict(merge(stage, "brats2d-fast")), to_dict(merge(stage, "brats2d"))
-        assert {k for k in fast if fast[k] != full[k]} == {"train": {"base_channels"}, "predict": {"checkpoint"}}.get(stage, set())
-    assert merge("train", "brats2d-fast").base_channels == 16
+        assert {k for k in fast if fast[k] != full[k]} == {"train": {"base_channels", "batch_size"},
+                                                           "predict": {"checkpoint"}}.get(stage, set())
+    assert (merge("train", "brats2d-fast").base_channels, merge("train", "brats2d-fast").batch_size) == (16, 8)
     mm = merge("preprocess", "brats2d-mm")
     assert (mm.modalities, mm.region, mm.in_channels, mm.out_channels, mm.size) == (("flair", "t1ce", "t2"), "all", 3, 3, 128)
-    assert merge("train", "brats2d-mm") == merge("train", "brats2d-fast")
+    assert merge("train", "brats2d-mm") == dataclasses.replace(merge("train", "brats2d-fast"), batch_size=4)
     assert merge("predict", "brats2d-mm") == merge("predict", "brats2d-fast")
     record = PredictConfig(tta=True, checkpoint="latest")  # e.g. what a run recorded
     assert merge("predict", None, {"checkpoint": "best"}, base=record) == PredictConfig(tta=True, checkpoint="best")
