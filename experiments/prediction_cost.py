@@ -32,6 +32,7 @@ from brats2d.cv.summary import paired
 from brats2d.evaluate import describe
 from brats2d.inference import TTA_CODES, load_predictor
 from brats2d.nifti import load_patient, patient_from_folder
+from brats2d.slicing import prepare
 
 from common import crossval_args, crossval_plan, finish, paired_cells, show
 
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for case in read_meta(a.cv / f"fold{i}" / "cache.h5").splits["test"]:
             patient = patient_from_folder(raw / case)
             image, seg, _, _ = load_patient(patient, first.prep_cfg.modalities, left_right=first.prep_cfg.mirror)
-            prob = {(ck, v, c): p.volume(image, views=(v,), codes=(c,))[0][0]
+            prep = prepare(image, first.prep_cfg)  # normalized once; every model, plane and view reads it
+            prob = {(ck, v, c): p.volume_prepared(prep, views=(v,), codes=(c,))[0][0]
                     for ck, p in preds.items() for v in views for c in codes}
             truth, dice = seg > 0, {}
             for name, (cks, planes, cs) in grid.items():
