@@ -92,7 +92,8 @@ def plot_overlays(images: np.ndarray, truth: np.ndarray, pred: np.ndarray, patie
             ax.set_title(f"z={slices[i]}", fontsize=8)
         axes[r, 0].text(-0.08, 0.5, f"{label}\n{case}\nDice {dice[case]:.3f}", transform=axes[r, 0].transAxes,
                         ha="right", va="center", fontsize=8)
-    fig.suptitle("Test slices: ground truth (green) vs prediction (red)", fontsize=10)
+    fig.suptitle("Test slices: ground truth (green) vs prediction (red). Research output, not for clinical use.",
+                 fontsize=10)
     fig.tight_layout()
     _save(fig, Path(path))
     plt.close(fig)
